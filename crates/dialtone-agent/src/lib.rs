@@ -1,1 +1,779 @@
-//! placeholder
+//! The Dialtone agent as a library.
+//!
+//! One agent runs per device (`dialtone up`). It holds the device key, keeps one WebSocket
+//! session to the directory (which *is* the device's presence), runs the iroh endpoint that
+//! peers connect to directly, and serves the local API (JSON-RPC 2.0 over a Unix socket) that
+//! every front end uses. Rust programs (bots, UIs) can embed it instead: [`Agent::start`], then
+//! use the cheap [`AgentHandle`].
+//!
+//! It never stores a message: a message exists in memory only while it is in flight, and a
+//! message for someone who is not online is refused, never queued.
+//!
+//! ```text
+//!  front ends ──JSON-RPC──► api ──► AgentHandle ──► peer (iroh, dialtone/1) ◄──► other agents
+//!                                        │
+//!                                        └────► session (WebSocket) ◄──► directory
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod api;
+pub mod dirclient;
+pub mod home;
+mod peer;
+mod session;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use dialtone_net::{Connection, Endpoint};
+use dialtone_proto::{
+    DeviceCertificate, DeviceId, Identifier, IdentityKey, Refusal,
+    directory::{
+        ContactEntry, MAX_STATUS_MESSAGE_LEN, PresenceState, Relation, Reply, Request, ServerFrame,
+    },
+    wire::MessageId,
+};
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use dirclient::{DirectoryClient, DirectoryError};
+pub use home::{Home, HomeError};
+pub use session::SessionError;
+
+use crate::home::Pin;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The home directory with keys and settings.
+    pub home: Home,
+    /// Addresses for the peer endpoint. Default: every interface, IPv6 and IPv4.
+    pub bind: Vec<SocketAddr>,
+    /// Port mapping on the home router. Default: on (off in tests and loopback demos).
+    pub portmapper: bool,
+    /// Time to connect to a peer device and exchange hellos. Default: 8 s (a refusal as
+    /// `unreachable` must come within 10 s).
+    pub connect_timeout: Duration,
+    /// Time for a peer to acknowledge a message once connected. Default: 5 s.
+    pub ack_timeout: Duration,
+    /// Peer connections unused this long are closed. Default: 60 s.
+    pub idle_timeout: Duration,
+    /// Serve the local API on `agent.sock` in the home. Default: on.
+    pub serve_api: bool,
+}
+
+impl AgentConfig {
+    /// Defaults for a home directory.
+    pub fn new(home: Home) -> Self {
+        Self {
+            home,
+            bind: dialtone_net::EndpointConfig::new([0; 32]).bind,
+            portmapper: true,
+            connect_timeout: Duration::from_secs(8),
+            ack_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            serve_api: true,
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Keys or settings are missing or damaged.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// Not registered with a directory yet.
+    #[error(
+        "not registered yet: run `dialtone register IDENTIFIER --directory URL`, then `dialtone verify CODE`"
+    )]
+    NotRegistered,
+    /// The directory URL or CA is not usable.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The peer endpoint could not start.
+    #[error("cannot start the peer endpoint: {0}")]
+    Endpoint(#[from] dialtone_net::BindError),
+    /// The local API socket could not be served.
+    #[error("cannot serve the local API: {0}")]
+    Api(String),
+}
+
+/// Something that happened, streamed to front ends (`dialtone watch`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A message arrived (it exists only in this event: nothing is kept).
+    Message {
+        /// Sender.
+        from: Identifier,
+        /// Sender's device.
+        device: DeviceId,
+        /// Message id.
+        id: MessageId,
+        /// Sender's clock, ms since the Unix epoch.
+        sent_at_ms: u64,
+        /// The text.
+        body: String,
+    },
+    /// A contact's presence changed.
+    Presence {
+        /// Who.
+        identifier: Identifier,
+        /// New state.
+        state: PresenceState,
+        /// Status message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// Someone asks to be your contact.
+    ContactRequest {
+        /// Who.
+        from: Identifier,
+        /// Their identity key's fingerprint.
+        fingerprint: String,
+    },
+    /// A contact's relation changed.
+    ContactChanged {
+        /// Who.
+        identifier: Identifier,
+        /// New relation (`none` = removed).
+        relation: Relation,
+    },
+    /// A contact's identity key differs from the one pinned: possible impersonation.
+    KeyChanged {
+        /// Who.
+        identifier: Identifier,
+        /// The fingerprint pinned on first use.
+        pinned_fingerprint: String,
+        /// The fingerprint now presented.
+        new_fingerprint: String,
+    },
+    /// The directory session went up or down.
+    Directory {
+        /// Whether connected.
+        connected: bool,
+    },
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Refused, with a reason; nothing was queued.
+    #[error("{message}")]
+    Refused {
+        /// The typed reason.
+        refusal: Refusal,
+        /// A sentence for a person.
+        message: String,
+    },
+    /// The directory could not be asked.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The message is not acceptable (empty, too long).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SendError {
+    fn refused(refusal: Refusal, who: &Identifier) -> Self {
+        Self::Refused {
+            refusal,
+            message: refusal.explain(who.as_str()),
+        }
+    }
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// The message's id.
+    pub id: MessageId,
+    /// The devices that acknowledged it.
+    pub delivered_to: Vec<DeviceDelivery>,
+}
+
+/// One device's acknowledgement.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDelivery {
+    /// The device.
+    pub device: DeviceId,
+    /// Its name.
+    pub name: String,
+    /// How many front ends it was shown on.
+    pub shown_to: u32,
+}
+
+/// A contact as front ends see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactView {
+    /// Who.
+    pub identifier: Identifier,
+    /// Relation from our side.
+    pub relation: Relation,
+    /// Presence.
+    pub state: PresenceState,
+    /// Status message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Fingerprint of the key the directory has for them.
+    pub fingerprint: String,
+    /// `pinned` (matches the key pinned on first use), `changed` (does not!) or `unpinned`.
+    pub key: &'static str,
+    /// Online devices.
+    pub devices: usize,
+}
+
+/// Our own status.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Our identifier.
+    pub identifier: Identifier,
+    /// Our identity key's fingerprint.
+    pub fingerprint: String,
+    /// This device.
+    pub device: DeviceId,
+    /// Our state.
+    pub state: PresenceState,
+    /// Our status message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Whether the directory session is up.
+    pub directory_connected: bool,
+    /// The directory.
+    pub directory: String,
+    /// Open peer connections.
+    pub connections: usize,
+    /// Agent version.
+    pub version: &'static str,
+}
+
+#[derive(Debug)]
+pub(crate) struct PeerConn {
+    conn: Connection,
+    identifier: Identifier,
+    last_used: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    presence: PresenceState,
+    message: Option<String>,
+    contacts: HashMap<Identifier, ContactEntry>,
+    pins: BTreeMap<Identifier, Pin>,
+    warned: HashSet<(Identifier, IdentityKey)>,
+    conns: HashMap<DeviceId, PeerConn>,
+}
+
+/// Shared agent state; owned by the tasks through an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    home: Home,
+    identifier: Identifier,
+    identity_key: IdentityKey,
+    cert: DeviceCertificate,
+    device_key: SigningKey,
+    dir: DirectoryClient,
+    endpoint: Endpoint,
+    session: session::SessionHandle,
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    connected: watch::Sender<bool>,
+    addr_rx: watch::Receiver<()>,
+    config: AgentConfig,
+    cancel: CancellationToken,
+    shutdown_requested: tokio::sync::Notify,
+}
+
+/// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
+#[derive(Debug)]
+pub struct Agent {
+    inner: Arc<Inner>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A cheap, clonable handle to a running agent: what front ends and bots call.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    inner: Arc<Inner>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Agent {
+    /// Starts the agent: peer endpoint, directory session, local API.
+    pub async fn start(config: AgentConfig) -> Result<Self, StartError> {
+        let home = config.home.clone();
+        let settings = home.settings()?;
+        let cert = home.device_cert()?;
+        let identity_key = home.identity_key()?;
+        let (Some(identifier), Some(directory), true) = (
+            settings.identifier.clone(),
+            settings.directory.clone(),
+            settings.registered,
+        ) else {
+            return Err(StartError::NotRegistered);
+        };
+        let dir = DirectoryClient::new(&directory, settings.directory_ca.as_deref())?;
+        let seed = home.device_secret()?;
+        let device_key = SigningKey::from_bytes(&seed);
+        let mut ep_config = dialtone_net::EndpointConfig::new(*seed);
+        ep_config.bind = config.bind.clone();
+        ep_config.portmapper = config.portmapper;
+        let endpoint = dialtone_net::bind(&ep_config).await?;
+        let addr_rx = dialtone_net::addr_changes(&endpoint);
+        let (session, session_rx) = session::SessionHandle::new();
+        let (events, _) = broadcast::channel(1024);
+        let cancel = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            identifier,
+            identity_key,
+            cert,
+            device_key,
+            dir,
+            endpoint,
+            session,
+            state: Mutex::new(State {
+                presence: settings.state.unwrap_or(PresenceState::Online),
+                message: settings.status_message.clone(),
+                contacts: HashMap::new(),
+                pins: home.pins()?,
+                warned: HashSet::new(),
+                conns: HashMap::new(),
+            }),
+            events,
+            connected: watch::channel(false).0,
+            addr_rx,
+            config: config.clone(),
+            cancel: cancel.clone(),
+            shutdown_requested: tokio::sync::Notify::new(),
+            home,
+        });
+        let mut tasks = Vec::new();
+        if config.serve_api {
+            let listener = api::bind(&inner.home.socket_path()).map_err(StartError::Api)?;
+            tasks.push(tokio::spawn(api::serve(
+                AgentHandle {
+                    inner: inner.clone(),
+                },
+                listener,
+            )));
+        }
+        tasks.push(tokio::spawn(session::run(
+            inner.clone(),
+            session_rx,
+            cancel.clone(),
+        )));
+        tasks.push(tokio::spawn(peer::accept_loop(inner.clone())));
+        tasks.push(tokio::spawn(peer::reap_idle(inner.clone())));
+        info!(device = %inner.cert.device_id.short(), "agent started");
+        Ok(Self { inner, tasks })
+    }
+
+    /// A handle for front ends.
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Resolves when a front end asked the agent to stop (`dialtone down`).
+    pub async fn shutdown_requested(&self) {
+        self.inner.shutdown_requested.notified().await;
+    }
+
+    /// Stops cleanly: the directory session is closed (contacts see offline at once), peer
+    /// connections are closed, the API socket is removed.
+    pub async fn shutdown(mut self) {
+        self.inner.cancel.cancel();
+        for (_, pc) in self.inner.lock().conns.drain() {
+            dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Shutdown);
+        }
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        self.inner.endpoint.close().await;
+        if self.inner.config.serve_api {
+            let _ = std::fs::remove_file(self.inner.home.socket_path());
+        }
+        info!("agent stopped");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic elsewhere already; the state itself stays consistent
+        // (every update is a single insert or remove), so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn emit(&self, event: Event) -> u32 {
+        u32::try_from(self.events.send(event).unwrap_or(0)).unwrap_or(u32::MAX)
+    }
+
+    pub(crate) fn set_connected(&self, up: bool) {
+        let changed = self.connected.send_replace(up) != up;
+        if changed {
+            self.emit(Event::Directory { connected: up });
+        }
+    }
+
+    pub(crate) fn addr_changes(&self) -> watch::Receiver<()> {
+        let mut rx = self.addr_rx.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    pub(crate) fn publish_request(&self) -> Request {
+        let st = self.lock();
+        Request::Publish {
+            state: st.presence,
+            message: st.message.clone(),
+            endpoint: dialtone_net::local_endpoint_info(&self.endpoint),
+        }
+    }
+
+    pub(crate) fn handle_internal_reply(&self, reply: Reply) {
+        if let Reply::Contacts { contacts } = reply {
+            let known: HashSet<Identifier> =
+                contacts.iter().map(|c| c.identifier.clone()).collect();
+            let stale: Vec<Identifier> = self
+                .lock()
+                .contacts
+                .keys()
+                .filter(|k| !known.contains(*k))
+                .cloned()
+                .collect();
+            for id in stale {
+                self.lock().contacts.remove(&id);
+            }
+            for c in contacts {
+                self.update_contact(c, false);
+            }
+        }
+    }
+
+    pub(crate) fn handle_push(&self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Presence { contact } => self.update_contact(contact, false),
+            ServerFrame::ContactChanged { contact } => self.update_contact(contact, true),
+            ServerFrame::ContactRequest { from, identity_key } => {
+                self.emit(Event::ContactRequest {
+                    from,
+                    fingerprint: identity_key.fingerprint().to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Records what the directory says about a contact, pins its key on first acceptance,
+    /// and warns on a key that differs from the pin.
+    fn update_contact(&self, c: ContactEntry, relation_push: bool) {
+        let mut events = Vec::new();
+        {
+            let mut st = self.lock();
+            let old = st.contacts.get(&c.identifier).cloned();
+            if relation_push || old.as_ref().is_some_and(|o| o.relation != c.relation) {
+                events.push(Event::ContactChanged {
+                    identifier: c.identifier.clone(),
+                    relation: c.relation,
+                });
+            }
+            if c.relation == Relation::Accepted {
+                match st.pins.get(&c.identifier).copied() {
+                    None => {
+                        st.pins.insert(
+                            c.identifier.clone(),
+                            Pin {
+                                identity_key: c.identity_key,
+                                pinned_at: now_secs(),
+                            },
+                        );
+                        if let Err(e) = self.home.save_pins(&st.pins) {
+                            warn!("cannot save pinned keys: {e}");
+                        }
+                    }
+                    Some(pin) if pin.identity_key != c.identity_key => {
+                        if st.warned.insert((c.identifier.clone(), c.identity_key)) {
+                            warn!(
+                                "identity key of a contact changed; messages to them are refused until re-trusted"
+                            );
+                            events.push(Event::KeyChanged {
+                                identifier: c.identifier.clone(),
+                                pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
+                                new_fingerprint: c.identity_key.fingerprint().to_string(),
+                            });
+                        }
+                    }
+                    Some(_) => {}
+                }
+                let presence_changed = old.as_ref().is_none_or(|o| {
+                    o.presence.state != c.presence.state || o.presence.message != c.presence.message
+                });
+                if presence_changed {
+                    events.push(Event::Presence {
+                        identifier: c.identifier.clone(),
+                        state: c.presence.state,
+                        message: c.presence.message.clone(),
+                    });
+                }
+            }
+            if c.relation == Relation::None {
+                st.contacts.remove(&c.identifier);
+                // A removed contact may no longer talk to us: drop their connections.
+                let gone: Vec<DeviceId> = st
+                    .conns
+                    .iter()
+                    .filter(|(_, pc)| pc.identifier == c.identifier)
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in gone {
+                    if let Some(pc) = st.conns.remove(&d) {
+                        dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::NotAContact);
+                    }
+                }
+            } else {
+                // Connections to devices that went offline are dead or soon will be: forget
+                // them, so the next message dials afresh instead of waiting on a stale path.
+                let online: HashSet<DeviceId> = c
+                    .presence
+                    .devices
+                    .iter()
+                    .map(|d| d.cert.device_id)
+                    .collect();
+                let gone: Vec<DeviceId> = st
+                    .conns
+                    .iter()
+                    .filter(|(d, pc)| pc.identifier == c.identifier && !online.contains(*d))
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in gone {
+                    if let Some(pc) = st.conns.remove(&d) {
+                        dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Idle);
+                    }
+                }
+                st.contacts.insert(c.identifier.clone(), c);
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    fn key_status(&self, st: &State, c: &ContactEntry) -> &'static str {
+        match st.pins.get(&c.identifier) {
+            None => "unpinned",
+            Some(p) if p.identity_key == c.identity_key => "pinned",
+            Some(_) => "changed",
+        }
+    }
+}
+
+impl AgentHandle {
+    /// Streams events (messages, presence, requests, warnings) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Our identity, state and connectivity.
+    pub fn status(&self) -> StatusView {
+        let st = self.inner.lock();
+        StatusView {
+            identifier: self.inner.identifier.clone(),
+            fingerprint: self.inner.identity_key.fingerprint().to_string(),
+            device: self.inner.cert.device_id,
+            state: st.presence,
+            message: st.message.clone(),
+            directory_connected: *self.inner.connected.borrow(),
+            directory: self.inner.dir.base().to_owned(),
+            connections: st.conns.len(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// Sets our presence; contacts get it pushed by the directory. Kept for the next start.
+    pub fn set_status(
+        &self,
+        state: PresenceState,
+        message: Option<String>,
+    ) -> Result<(), SendError> {
+        if state == PresenceState::Offline {
+            return Err(SendError::Invalid(
+                "'offline' cannot be set: use 'invisible' to appear offline, or `dialtone down`"
+                    .into(),
+            ));
+        }
+        if message
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_STATUS_MESSAGE_LEN)
+        {
+            return Err(SendError::Invalid(format!(
+                "status message is longer than {MAX_STATUS_MESSAGE_LEN} bytes"
+            )));
+        }
+        {
+            let mut st = self.inner.lock();
+            st.presence = state;
+            st.message = message.clone();
+        }
+        let mut settings = self
+            .inner
+            .home
+            .settings()
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        settings.state = Some(state);
+        settings.status_message = message;
+        self.inner
+            .home
+            .save_settings(&settings)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        self.inner.session.notify(self.inner.publish_request());
+        Ok(())
+    }
+
+    /// Contacts, requests and blocks, with live presence (from the directory's pushes).
+    pub fn contacts(&self) -> Vec<ContactView> {
+        let st = self.inner.lock();
+        let mut v: Vec<ContactView> = st
+            .contacts
+            .values()
+            .map(|c| ContactView {
+                identifier: c.identifier.clone(),
+                relation: c.relation,
+                state: c.presence.state,
+                message: c.presence.message.clone(),
+                fingerprint: c.identity_key.fingerprint().to_string(),
+                key: self.inner.key_status(&st, c),
+                devices: c.presence.devices.len(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        v
+    }
+
+    /// Sends a contact request (refused if they are offline) or accepts theirs.
+    pub async fn add_contact(&self, who: Identifier) -> Result<(), SessionError> {
+        self.inner
+            .session
+            .request(Request::ContactRequest { to: who })
+            .await?;
+        self.refresh_contacts().await
+    }
+
+    /// Accepts or rejects a contact request.
+    pub async fn respond(&self, who: Identifier, accept: bool) -> Result<(), SessionError> {
+        self.inner
+            .session
+            .request(Request::ContactRespond { from: who, accept })
+            .await?;
+        self.refresh_contacts().await
+    }
+
+    /// Removes a contact.
+    pub async fn remove_contact(&self, who: Identifier) -> Result<(), SessionError> {
+        self.inner
+            .session
+            .request(Request::ContactRemove { identifier: who })
+            .await?;
+        self.refresh_contacts().await
+    }
+
+    /// Blocks or unblocks someone.
+    pub async fn block(&self, who: Identifier, block: bool) -> Result<(), SessionError> {
+        let req = if block {
+            Request::Block { identifier: who }
+        } else {
+            Request::Unblock { identifier: who }
+        };
+        self.inner.session.request(req).await?;
+        self.refresh_contacts().await
+    }
+
+    async fn refresh_contacts(&self) -> Result<(), SessionError> {
+        let reply = self.inner.session.request(Request::Contacts).await?;
+        self.inner.handle_internal_reply(reply);
+        Ok(())
+    }
+
+    /// Accepts a contact's new identity key after a key change (re-pins it).
+    pub async fn trust(&self, who: Identifier) -> Result<String, SendError> {
+        let reply = self
+            .inner
+            .session
+            .request(Request::Lookup {
+                identifier: who.clone(),
+            })
+            .await?;
+        let Reply::Lookup { contact } = reply else {
+            return Err(SendError::Invalid(
+                "unexpected answer from the directory".into(),
+            ));
+        };
+        let mut st = self.inner.lock();
+        st.pins.insert(
+            who,
+            Pin {
+                identity_key: contact.identity_key,
+                pinned_at: now_secs(),
+            },
+        );
+        self.inner
+            .home
+            .save_pins(&st.pins)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        Ok(contact.identity_key.fingerprint().to_string())
+    }
+
+    /// Sends a text message to every online device of `to`; returns once at least one
+    /// device acknowledged it, or a typed refusal. Nothing is queued.
+    pub async fn send(&self, to: Identifier, body: String) -> Result<Delivery, SendError> {
+        peer::send_text(&self.inner, to, body).await
+    }
+
+    /// Asks the agent's owner to stop (what `dialtone down` does).
+    pub fn request_shutdown(&self) {
+        self.inner.shutdown_requested.notify_one();
+    }
+}
+
+pub(crate) fn new_message_id() -> MessageId {
+    let mut id = [0u8; 16];
+    rand::fill(&mut id[..]);
+    MessageId(id)
+}
+
+pub(crate) fn timestamp_ms() -> u64 {
+    now_ms()
+}

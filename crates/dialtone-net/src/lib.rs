@@ -1,1 +1,265 @@
-//! placeholder
+//! The only Dialtone crate that names iroh.
+//!
+//! It sets up a fully self-hosted iroh endpoint (no n0 relays, no n0 DNS or pkarr discovery:
+//! the Dialtone directory is the discovery source), dials and accepts `dialtone/1`
+//! connections, and reads and writes length-prefixed [`Frame`]s on QUIC streams.
+//!
+//! It is **not** where the rules live: what a hello must prove, who may connect and what a
+//! message means are decided by `dialtone-agent` with the types of `dialtone-proto`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use dialtone_proto::{
+    DeviceId,
+    directory::EndpointInfo,
+    wire::{ALPN, DecodeError, Frame, MAX_FRAME_LEN},
+};
+use iroh::{
+    EndpointAddr, RelayMode, SecretKey, TransportAddr,
+    endpoint::{PortmapperConfig, presets},
+};
+
+/// The iroh endpoint itself, for `dialtone-agent`'s accept loop.
+pub use iroh::Endpoint;
+/// iroh types the other crates use. `dialtone-agent` holds connections and streams.
+pub use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+
+/// How to set up the peer endpoint.
+///
+/// Defaults are tuned for a person's device on a real network: bind every interface (IPv6
+/// and IPv4), portmapping on, no relay (until the directory names one).
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The device's Ed25519 secret key (its seed); the endpoint id is its public key.
+    pub secret_key: [u8; 32],
+    /// Local addresses to bind. Default: `[::]:0` and `0.0.0.0:0`.
+    pub bind: Vec<SocketAddr>,
+    /// A relay URL to use (from the directory). Default: none, direct paths only.
+    pub relay_url: Option<String>,
+    /// Ask the home router for a port mapping (UPnP, PCP, NAT-PMP). Default: on. Switch it off
+    /// in tests and on loopback-only demos: it sends packets to the LAN's gateway.
+    pub portmapper: bool,
+}
+
+impl EndpointConfig {
+    /// Defaults for `secret_key`.
+    pub fn new(secret_key: [u8; 32]) -> Self {
+        Self {
+            secret_key,
+            bind: vec![
+                SocketAddr::from(([0u16; 8], 0)),
+                SocketAddr::from(([0u8; 4], 0)),
+            ],
+            relay_url: None,
+            portmapper: true,
+        }
+    }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// A bind address was refused.
+    #[error("cannot bind {addr}")]
+    Address {
+        /// The address.
+        addr: SocketAddr,
+        /// What iroh said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The relay URL does not parse.
+    #[error("invalid relay url {0:?}")]
+    RelayUrl(String),
+    /// iroh failed to start.
+    #[error("could not start the peer endpoint")]
+    Iroh(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Starts the endpoint: self-hosted, accepting `dialtone/1`.
+pub async fn bind(config: &EndpointConfig) -> Result<Endpoint, BindError> {
+    let relay_mode = match &config.relay_url {
+        None => RelayMode::Disabled,
+        Some(url) => {
+            let url: iroh::RelayUrl = url.parse().map_err(|_| BindError::RelayUrl(url.clone()))?;
+            RelayMode::custom([url])
+        }
+    };
+    let mut builder = Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::from_bytes(&config.secret_key))
+        .alpns(vec![ALPN.to_vec()])
+        .relay_mode(relay_mode)
+        .clear_address_lookup()
+        .clear_ip_transports();
+    if !config.portmapper {
+        builder = builder.portmapper_config(PortmapperConfig::Disabled);
+    }
+    for addr in &config.bind {
+        builder = builder.bind_addr(*addr).map_err(|e| BindError::Address {
+            addr: *addr,
+            source: Box::new(e),
+        })?;
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|e| BindError::Iroh(Box::new(e)))
+}
+
+/// The device id of an endpoint.
+pub fn device_id(endpoint: &Endpoint) -> Option<DeviceId> {
+    DeviceId::from_bytes(endpoint.id().as_bytes()).ok()
+}
+
+/// The device id of a connection's authenticated peer.
+pub fn remote_device(conn: &Connection) -> Option<DeviceId> {
+    DeviceId::from_bytes(conn.remote_id().as_bytes()).ok()
+}
+
+/// Where this endpoint can be reached right now: direct addresses (IPv6 first), then the
+/// relay, ready to publish to the directory.
+pub fn local_endpoint_info(endpoint: &Endpoint) -> EndpointInfo {
+    let addr = endpoint.addr();
+    let mut addrs: Vec<SocketAddr> = addr.ip_addrs().copied().collect();
+    if addrs.is_empty() {
+        addrs = endpoint
+            .bound_sockets()
+            .into_iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+    }
+    addrs.sort_by_key(|a| (a.is_ipv4(), a.ip().is_loopback(), *a));
+    addrs.dedup();
+    addrs.truncate(dialtone_proto::directory::MAX_ADDRS);
+    let relay_url = addr.relay_urls().next().map(|u| u.to_string());
+    EndpointInfo { addrs, relay_url }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The device id is not a valid key.
+    #[error("invalid device id")]
+    InvalidDevice,
+    /// Nothing answered in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// iroh could not connect (no path, handshake failed, wrong key).
+    #[error("could not connect")]
+    Iroh(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Dials `device` at the addresses the directory gave, within `timeout`.
+pub async fn connect(
+    endpoint: &Endpoint,
+    device: &DeviceId,
+    info: &EndpointInfo,
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    let id =
+        iroh::PublicKey::from_bytes(device.as_bytes()).map_err(|_| ConnectError::InvalidDevice)?;
+    let mut addrs: Vec<TransportAddr> = info.addrs.iter().copied().map(TransportAddr::Ip).collect();
+    if let Some(relay) = info.relay_url.as_ref().and_then(|u| u.parse().ok()) {
+        addrs.push(TransportAddr::Relay(relay));
+    }
+    let addr = EndpointAddr::from_parts(id, addrs);
+    match tokio::time::timeout(timeout, endpoint.connect(addr, ALPN)).await {
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+        Ok(Err(e)) => Err(ConnectError::Iroh(Box::new(e))),
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The stream ended cleanly before a frame started.
+    #[error("stream ended")]
+    Finished,
+    /// The stream broke (connection lost, reset by the peer, or ended mid-frame).
+    #[error("stream failed: {0}")]
+    Stream(String),
+    /// The bytes are not a valid frame.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Reads one length-prefixed frame.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Frame, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut filled = 0;
+    while filled < 4 {
+        match recv.read(&mut prefix[filled..]).await {
+            Ok(Some(n)) => filled += n,
+            Ok(None) if filled == 0 => return Err(FrameError::Finished),
+            Ok(None) => return Err(FrameError::Stream("ended inside a frame header".into())),
+            Err(e) => return Err(FrameError::Stream(e.to_string())),
+        }
+    }
+    let len = Frame::decode_len(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| FrameError::Stream(e.to_string()))?;
+    Ok(Frame::decode_body(&body)?)
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), FrameError> {
+    let bytes = frame.encode();
+    debug_assert!(bytes.len() <= MAX_FRAME_LEN + 4);
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| FrameError::Stream(e.to_string()))
+}
+
+/// Closes a connection with a Dialtone close code.
+pub fn close(conn: &Connection, code: dialtone_proto::wire::CloseCode) {
+    conn.close(VarInt::from_u32(code.code()), code_reason(code).as_bytes());
+}
+
+fn code_reason(code: dialtone_proto::wire::CloseCode) -> &'static str {
+    use dialtone_proto::wire::CloseCode::*;
+    match code {
+        BadCertificate => "bad certificate",
+        NotAContact => "not a contact",
+        KeyChanged => "identity key changed",
+        Protocol => "protocol violation",
+        UnsupportedVersion => "unsupported version",
+        Idle => "idle",
+        Shutdown => "shutdown",
+        _ => "closed",
+    }
+}
+
+/// The Dialtone close code a connection was closed with by the peer, if any.
+pub fn peer_close_code(err: &ConnectionError) -> Option<dialtone_proto::wire::CloseCode> {
+    match err {
+        ConnectionError::ApplicationClosed(close) => {
+            dialtone_proto::wire::CloseCode::from_code(close.error_code.into_inner())
+        }
+        _ => None,
+    }
+}
+
+/// A receiver that changes whenever the endpoint's addresses change (a network change, a new
+/// interface, a relay connection), so the agent can republish them. The forwarding task ends
+/// when the endpoint closes.
+pub fn addr_changes(endpoint: &Endpoint) -> tokio::sync::watch::Receiver<()> {
+    use iroh::Watcher;
+    let (tx, rx) = tokio::sync::watch::channel(());
+    let mut watcher = endpoint.watch_addr();
+    tokio::spawn(async move {
+        while watcher.updated().await.is_ok() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

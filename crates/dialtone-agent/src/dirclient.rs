@@ -1,0 +1,293 @@
+//! HTTP and WebSocket access to the directory: registration, session challenges, the
+//! session's upgrade, and the TLS settings they share.
+
+use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
+
+use dialtone_proto::{
+    DeviceId,
+    directory::{
+        Challenge, ChallengeRequest, ErrorBody, ErrorCode, RegisterConfirm, RegisterStart,
+        RegisterStarted, Registered,
+    },
+    keys::{Signature, session_transcript, sign},
+};
+use ed25519_dalek::SigningKey;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+/// A directory the agent talks to.
+#[derive(Debug, Clone)]
+pub struct DirectoryClient {
+    base: String,
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Errors talking to the directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The URL is not usable.
+    #[error("{0}")]
+    BadUrl(String),
+    /// The CA file could not be read.
+    #[error("cannot use CA file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The directory could not be reached.
+    #[error("cannot reach the directory at {url}: {reason}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The directory answered with an error.
+    #[error("{}", .body.message)]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The directory's explanation.
+        body: ErrorBody,
+    },
+}
+
+/// The WebSocket stream of a session.
+pub type SessionStream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl DirectoryClient {
+    /// A client for the directory at `base` (`https://…`, or `http://` on loopback only).
+    ///
+    /// `ca_file` adds a PEM CA bundle to the public roots, for a directory with a private CA.
+    pub fn new(base: &str, ca_file: Option<&Path>) -> Result<Self, DirectoryError> {
+        let base = check_url(base)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            let ca_err = |reason: String| DirectoryError::Ca {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_err(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no certificates in the file".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DirectoryError::BadUrl(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = Arc::new(tls);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| DirectoryError::BadUrl(e.to_string()))?;
+        Ok(Self { base, http, tls })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, DirectoryError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
+            DirectoryError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| DirectoryError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| DirectoryError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("unexpected answer: {e}"),
+            })
+        } else {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("the directory answered HTTP {status} without an explanation"),
+                )
+            });
+            Err(DirectoryError::Refused {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+
+    /// Starts a registration: the directory sends a code.
+    pub async fn register_start(
+        &self,
+        req: &RegisterStart,
+    ) -> Result<RegisterStarted, DirectoryError> {
+        self.post("/v1/register/start", req).await
+    }
+
+    /// Confirms a registration with the code.
+    pub async fn register_confirm(
+        &self,
+        req: &RegisterConfirm,
+    ) -> Result<Registered, DirectoryError> {
+        self.post("/v1/register/confirm", req).await
+    }
+
+    /// Opens an authenticated session: challenge, signature, WebSocket upgrade.
+    pub async fn open_session(
+        &self,
+        device_key: &SigningKey,
+    ) -> Result<SessionStream, DirectoryError> {
+        let device_id = DeviceId::from_signing_key(device_key);
+        let ch: Challenge = self
+            .post("/v1/session/challenge", &ChallengeRequest { device_id })
+            .await?;
+        let mut challenge = [0u8; 32];
+        hex::decode_to_slice(&ch.challenge, &mut challenge).map_err(|_| {
+            DirectoryError::Unreachable {
+                url: self.base.clone(),
+                reason: "malformed challenge".into(),
+            }
+        })?;
+        let sig: Signature = sign(device_key, &session_transcript(&challenge, &device_id));
+        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", self.base.trim_start_matches("http://"))
+        };
+        let url = format!(
+            "{ws_base}/v1/session?device_id={device_id}&challenge={}&signature={sig}",
+            ch.challenge
+        );
+        let connector = Connector::Rustls(self.tls.clone());
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async_tls_with_config(
+                url,
+                Some(config),
+                true,
+                Some(connector),
+            ),
+        )
+        .await
+        .map_err(|_| DirectoryError::Unreachable {
+            url: self.base.clone(),
+            reason: "session upgrade timed out".into(),
+        })?;
+        match res {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_else(|| {
+                        ErrorBody::new(
+                            ErrorCode::Internal,
+                            format!("session refused with HTTP {status}"),
+                        )
+                    });
+                Err(DirectoryError::Refused { status, body })
+            }
+            Err(e) => Err(DirectoryError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Normalizes a directory URL and enforces the transport rule: `https://` anywhere,
+/// `http://` only to a loopback address.
+pub fn check_url(url: &str) -> Result<String, DirectoryError> {
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        DirectoryError::BadUrl(format!("'{url}' is not a URL: use https://host[:port]"))
+    })?;
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    if host_port.is_empty() {
+        return Err(DirectoryError::BadUrl(format!("'{url}' has no host")));
+    }
+    match scheme {
+        "https" => Ok(url.to_owned()),
+        "http" => {
+            let host = if let Some(v6) = host_port.strip_prefix('[') {
+                v6.split(']').next().unwrap_or("")
+            } else {
+                host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+            };
+            let loopback =
+                host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(url.to_owned())
+            } else {
+                Err(DirectoryError::BadUrl(format!(
+                    "refusing the plain-HTTP directory at {url}: only a loopback directory may use \
+                     http://; ask its operator for the https:// address"
+                )))
+            }
+        }
+        other => Err(DirectoryError::BadUrl(format!(
+            "unsupported scheme '{other}': use https://"
+        ))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(check_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_url("http://[::1]:8080/").is_ok());
+        assert!(check_url("http://localhost:1").is_ok());
+        assert!(check_url("https://dir.example.com").is_ok());
+        assert!(check_url("http://dir.example.com").is_err());
+        assert!(check_url("http://10.0.0.1:80").is_err());
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("127.0.0.1:80").is_err());
+    }
+}

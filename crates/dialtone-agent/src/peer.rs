@@ -1,0 +1,500 @@
+//! Peer connections: the `dialtone/1` protocol between two agents over iroh.
+//!
+//! Every connection starts with a hello each way (see `dialtone_proto::wire`); a connection
+//! is used only after both hellos were checked: the certificate is for the device that TLS
+//! authenticated, the identity is the one pinned for that identifier and the one the directory
+//! has, and the peer is an accepted contact. Each message then uses a stream of its own.
+//! Connections are cached per device, used in both directions, and closed when idle.
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use dialtone_net::{Connection, read_frame, write_frame};
+use dialtone_proto::{
+    DeviceId, Identifier, Refusal,
+    directory::{ContactEntry, DeviceEndpoint, PresenceState, Relation, Reply, Request},
+    wire::{CloseCode, Frame, Hello, MAX_TEXT_LEN, MessageId, PROTOCOL_VERSION},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    Delivery, DeviceDelivery, Event, Inner, PeerConn, SendError, home::Pin, new_message_id,
+    now_secs, session::SessionError, timestamp_ms,
+};
+
+fn my_hello(inner: &Inner) -> Frame {
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        identifier: inner.identifier.clone(),
+        device_cert: inner.cert.clone(),
+    })
+}
+
+/// Accepts incoming connections until the agent stops.
+pub(crate) async fn accept_loop(inner: Arc<Inner>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            i = inner.endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { return };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.accept() {
+                Ok(accepting) => match accepting.await {
+                    Ok(c) => c,
+                    Err(e) => return debug!("incoming connection failed: {e}"),
+                },
+                Err(e) => return debug!("incoming connection refused: {e}"),
+            };
+            handle_incoming(inner, conn).await;
+        });
+    }
+}
+
+async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
+    let Some(remote) = dialtone_net::remote_device(&conn) else {
+        return dialtone_net::close(&conn, CloseCode::BadCertificate);
+    };
+    let handshake = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
+        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
+            return Err(CloseCode::Protocol);
+        };
+        let identifier = verify_hello(&inner, &hello, remote, None).await?;
+        write_frame(&mut send, &my_hello(&inner))
+            .await
+            .map_err(|_| CloseCode::Protocol)?;
+        let _ = send.finish();
+        Ok(identifier)
+    };
+    match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
+        Ok(Ok(identifier)) => {
+            debug!(peer = %remote.short(), "incoming peer connection verified");
+            register(&inner, conn, remote, identifier);
+        }
+        Ok(Err(code)) => {
+            debug!(peer = %remote.short(), ?code, "incoming peer connection refused");
+            dialtone_net::close(&conn, code);
+        }
+        Err(_) => dialtone_net::close(&conn, CloseCode::Protocol),
+    }
+}
+
+/// Checks a peer's hello. `expected` is the identifier we dialed, if we dialed.
+async fn verify_hello(
+    inner: &Arc<Inner>,
+    hello: &Hello,
+    remote: DeviceId,
+    expected: Option<&Identifier>,
+) -> Result<Identifier, CloseCode> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(CloseCode::UnsupportedVersion);
+    }
+    if expected.is_some_and(|e| *e != hello.identifier) {
+        return Err(CloseCode::BadCertificate);
+    }
+    let cert = &hello.device_cert;
+    if cert.device_id != remote || cert.verify().is_err() {
+        return Err(CloseCode::BadCertificate);
+    }
+    let id = &hello.identifier;
+    let cached = inner
+        .lock()
+        .contacts
+        .get(id)
+        .filter(|c| c.relation == Relation::Accepted)
+        .cloned();
+    let contact = match cached {
+        Some(c) => c,
+        None => match lookup(inner, id).await {
+            Ok(c) if c.relation == Relation::Accepted => c,
+            _ => return Err(CloseCode::NotAContact),
+        },
+    };
+    if contact.identity_key != cert.identity_key {
+        return Err(CloseCode::KeyChanged);
+    }
+    let mut st = inner.lock();
+    match st.pins.get(id).copied() {
+        Some(pin) if pin.identity_key != cert.identity_key => {
+            if st.warned.insert((id.clone(), cert.identity_key)) {
+                drop(st);
+                inner.emit(Event::KeyChanged {
+                    identifier: id.clone(),
+                    pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
+                    new_fingerprint: cert.identity_key.fingerprint().to_string(),
+                });
+            }
+            return Err(CloseCode::KeyChanged);
+        }
+        Some(_) => {}
+        None => {
+            st.pins.insert(
+                id.clone(),
+                Pin {
+                    identity_key: cert.identity_key,
+                    pinned_at: now_secs(),
+                },
+            );
+            let _ = inner.home.save_pins(&st.pins);
+        }
+    }
+    Ok(id.clone())
+}
+
+async fn lookup(inner: &Arc<Inner>, id: &Identifier) -> Result<ContactEntry, SessionError> {
+    match inner
+        .session
+        .request(Request::Lookup {
+            identifier: id.clone(),
+        })
+        .await?
+    {
+        Reply::Lookup { contact } => Ok(contact),
+        _ => Err(SessionError::Timeout),
+    }
+}
+
+fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, identifier: Identifier) {
+    inner.lock().conns.insert(
+        device,
+        PeerConn {
+            conn: conn.clone(),
+            identifier: identifier.clone(),
+            last_used: Instant::now(),
+        },
+    );
+    tokio::spawn(serve_streams(inner.clone(), conn, device, identifier));
+}
+
+/// Answers the message streams a verified peer opens, until the connection ends.
+async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, from: Identifier) {
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        touch(&inner, &device);
+        let inner = inner.clone();
+        let from = from.clone();
+        tokio::spawn(async move {
+            let frame =
+                match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv)).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return debug!("bad frame from peer: {e}"),
+                    Err(_) => return,
+                };
+            let Frame::Text {
+                id,
+                sent_at_ms,
+                body,
+            } = frame
+            else {
+                return debug!("unexpected frame from peer");
+            };
+            let answer = deliver(&inner, from, device, id, sent_at_ms, body);
+            let _ = write_frame(&mut send, &answer).await;
+            let _ = send.finish();
+        });
+    }
+    let mut st = inner.lock();
+    if st
+        .conns
+        .get(&device)
+        .is_some_and(|pc| pc.conn.stable_id() == conn.stable_id())
+    {
+        st.conns.remove(&device);
+    }
+}
+
+fn deliver(
+    inner: &Inner,
+    from: Identifier,
+    device: DeviceId,
+    id: MessageId,
+    sent_at_ms: u64,
+    body: String,
+) -> Frame {
+    let state = inner.lock().presence;
+    match state {
+        PresenceState::Busy => Frame::Refuse {
+            id,
+            refusal: Refusal::DoNotDisturb,
+        },
+        PresenceState::Invisible | PresenceState::Offline => Frame::Refuse {
+            id,
+            refusal: Refusal::Offline,
+        },
+        PresenceState::Online | PresenceState::Away => {
+            let shown_to = inner.emit(Event::Message {
+                from,
+                device,
+                id,
+                sent_at_ms,
+                body,
+            });
+            Frame::Ack { id, shown_to }
+        }
+    }
+}
+
+fn touch(inner: &Inner, device: &DeviceId) {
+    if let Some(pc) = inner.lock().conns.get_mut(device) {
+        pc.last_used = Instant::now();
+    }
+}
+
+/// Closes idle connections now and then.
+pub(crate) async fn reap_idle(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let idle = inner.config.idle_timeout;
+        let mut st = inner.lock();
+        st.conns.retain(|_, pc| {
+            let keep = pc.conn.close_reason().is_none() && pc.last_used.elapsed() < idle;
+            if !keep {
+                dialtone_net::close(&pc.conn, CloseCode::Idle);
+            }
+            keep
+        });
+    }
+}
+
+/// Sends a text to every online device of `to`.
+pub(crate) async fn send_text(
+    inner: &Arc<Inner>,
+    to: Identifier,
+    body: String,
+) -> Result<Delivery, SendError> {
+    if body.is_empty() {
+        return Err(SendError::Invalid("the message is empty".into()));
+    }
+    if body.len() > MAX_TEXT_LEN {
+        return Err(SendError::Invalid(format!(
+            "the message is longer than {MAX_TEXT_LEN} bytes"
+        )));
+    }
+    if to == inner.identifier {
+        return Err(SendError::Invalid(
+            "you cannot send a message to yourself".into(),
+        ));
+    }
+    let cached = inner
+        .lock()
+        .contacts
+        .get(&to)
+        .filter(|c| c.relation == Relation::Accepted && !c.presence.devices.is_empty())
+        .cloned();
+    let contact = match cached {
+        Some(c) => c,
+        None => match lookup(inner, &to).await {
+            Ok(c) => c,
+            Err(SessionError::Refused(body))
+                if body.error == dialtone_proto::directory::ErrorCode::NotFound =>
+            {
+                return Err(SendError::Invalid(format!(
+                    "no one is registered as {to}; check the address"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    match contact.relation {
+        Relation::Accepted => {}
+        Relation::Blocked => return Err(SendError::refused(Refusal::Blocked, &to)),
+        _ => return Err(SendError::refused(Refusal::NotAContact, &to)),
+    }
+    if let Some(pin) = inner.lock().pins.get(&to) {
+        if pin.identity_key != contact.identity_key {
+            return Err(SendError::refused(Refusal::KeyChanged, &to));
+        }
+    }
+    match contact.presence.state {
+        PresenceState::Offline | PresenceState::Invisible => {
+            return Err(SendError::refused(Refusal::Offline, &to));
+        }
+        PresenceState::Busy => return Err(SendError::refused(Refusal::DoNotDisturb, &to)),
+        _ => {}
+    }
+    let devices: Vec<DeviceEndpoint> = contact
+        .presence
+        .devices
+        .iter()
+        .filter(|d| d.cert.identity_key == contact.identity_key)
+        .cloned()
+        .collect();
+    if devices.is_empty() {
+        return Err(SendError::refused(Refusal::Offline, &to));
+    }
+    let id = new_message_id();
+    let sent_at_ms = timestamp_ms();
+    let attempts = devices.iter().map(|d| {
+        let frame = Frame::Text {
+            id,
+            sent_at_ms,
+            body: body.clone(),
+        };
+        send_to_device(inner, &to, d, frame)
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut delivered = Vec::new();
+    let mut refusals = Vec::new();
+    for (d, r) in devices.iter().zip(results) {
+        match r {
+            Ok(shown_to) => delivered.push(DeviceDelivery {
+                device: d.cert.device_id,
+                name: d.cert.name.clone(),
+                shown_to,
+            }),
+            Err(r) => refusals.push(r),
+        }
+    }
+    if !delivered.is_empty() {
+        return Ok(Delivery {
+            id,
+            delivered_to: delivered,
+        });
+    }
+    let worst = [
+        Refusal::KeyChanged,
+        Refusal::NotAContact,
+        Refusal::DoNotDisturb,
+        Refusal::Offline,
+        Refusal::Timeout,
+        Refusal::PeerRefused,
+        Refusal::Unreachable,
+    ]
+    .into_iter()
+    .find(|r| refusals.contains(r))
+    .unwrap_or(Refusal::Unreachable);
+    Err(SendError::refused(worst, &to))
+}
+
+async fn send_to_device(
+    inner: &Arc<Inner>,
+    to: &Identifier,
+    dev: &DeviceEndpoint,
+    frame: Frame,
+) -> Result<u32, Refusal> {
+    let device = dev.cert.device_id;
+    // One retry with a fresh connection if a cached one turns out to be dead.
+    for attempt in 0..2 {
+        let (conn, fresh) = connection(inner, to, dev).await?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| None)?;
+            write_frame(&mut send, &frame).await.map_err(|_| None)?;
+            let _ = send.finish();
+            read_frame(&mut recv).await.map_err(|_| None)
+        };
+        match tokio::time::timeout(inner.config.ack_timeout, exchange).await {
+            Ok(Ok(Frame::Ack { shown_to, .. })) => {
+                touch(inner, &device);
+                return Ok(shown_to);
+            }
+            Ok(Ok(Frame::Refuse { refusal, .. })) => return Err(refusal),
+            Ok(Ok(_)) => {
+                dialtone_net::close(&conn, CloseCode::Protocol);
+                return Err(Refusal::PeerRefused);
+            }
+            Ok(Err(None::<()> | Some(()))) => {
+                forget(inner, &device, &conn);
+                if fresh || attempt == 1 {
+                    return Err(close_refusal(&conn).unwrap_or(Refusal::Unreachable));
+                }
+            }
+            Err(_) => {
+                forget(inner, &device, &conn);
+                return Err(Refusal::Timeout);
+            }
+        }
+    }
+    Err(Refusal::Unreachable)
+}
+
+fn forget(inner: &Inner, device: &DeviceId, conn: &Connection) {
+    let mut st = inner.lock();
+    if st
+        .conns
+        .get(device)
+        .is_some_and(|pc| pc.conn.stable_id() == conn.stable_id())
+    {
+        st.conns.remove(device);
+    }
+}
+
+fn close_refusal(conn: &Connection) -> Option<Refusal> {
+    let reason = conn.close_reason()?;
+    Some(match dialtone_net::peer_close_code(&reason)? {
+        CloseCode::NotAContact => Refusal::NotAContact,
+        CloseCode::KeyChanged => Refusal::PeerRefused,
+        CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
+        _ => Refusal::PeerRefused,
+    })
+}
+
+/// A verified connection to `dev`: the cached one, or a new one (connect + hellos).
+async fn connection(
+    inner: &Arc<Inner>,
+    to: &Identifier,
+    dev: &DeviceEndpoint,
+) -> Result<(Connection, bool), Refusal> {
+    let device = dev.cert.device_id;
+    if let Some(pc) = inner.lock().conns.get_mut(&device) {
+        if pc.conn.close_reason().is_none() {
+            pc.last_used = Instant::now();
+            return Ok((pc.conn.clone(), false));
+        }
+    }
+    let started = Instant::now();
+    let timeout = inner.config.connect_timeout;
+    let conn = dialtone_net::connect(&inner.endpoint, &device, &dev.endpoint, timeout)
+        .await
+        .map_err(|e| {
+            debug!(peer = %device.short(), "connect failed: {e}");
+            Refusal::Unreachable
+        })?;
+    let remaining = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let handshake = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| CloseCode::Protocol)?;
+        write_frame(&mut send, &my_hello(inner))
+            .await
+            .map_err(|_| CloseCode::Protocol)?;
+        let _ = send.finish();
+        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
+            return Err(CloseCode::Protocol);
+        };
+        verify_hello(inner, &hello, device, Some(to)).await
+    };
+    match tokio::time::timeout(remaining, handshake).await {
+        Ok(Ok(identifier)) => {
+            register(inner, conn.clone(), device, identifier);
+            Ok((conn, true))
+        }
+        Ok(Err(code)) => {
+            // Either the peer closed on us (read the reason) or its hello failed our checks.
+            if let Some(r) = close_refusal(&conn) {
+                warn!(peer = %device.short(), "peer refused the connection");
+                return Err(r);
+            }
+            dialtone_net::close(&conn, code);
+            Err(match code {
+                CloseCode::KeyChanged => Refusal::KeyChanged,
+                CloseCode::NotAContact => Refusal::NotAContact,
+                _ => Refusal::PeerRefused,
+            })
+        }
+        Err(_) => {
+            dialtone_net::close(&conn, CloseCode::Protocol);
+            Err(Refusal::Unreachable)
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's one WebSocket session to the directory, kept open for as long as the agent
+//! runs: it *is* the device's presence.
+//!
+//! One task owns the socket. Front ends reach it through [`SessionHandle::request`], which
+//! fails at once while the session is down (nothing waits for the directory to come back).
+//! The task reconnects by itself with exponential backoff (250 ms doubling to 5 s), then
+//! re-publishes presence and re-reads the contact list.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use dialtone_proto::directory::{ClientFrame, ErrorBody, Reply, Request, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{Inner, dirclient::DirectoryError};
+
+type Sink = futures_util::stream::SplitSink<crate::dirclient::SessionStream, WsMessage>;
+
+async fn send(
+    sink: &mut Sink,
+    id: u64,
+    request: Request,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let text = serde_json::to_string(&ClientFrame { id, request }).unwrap_or_default();
+    sink.send(WsMessage::Text(text.into())).await
+}
+
+/// Why a session request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The agent is not connected to the directory right now.
+    #[error("not connected to the directory (it may be down or unreachable); try again shortly")]
+    NotConnected,
+    /// The directory refused the request.
+    #[error("{}", .0.message)]
+    Refused(ErrorBody),
+    /// The directory did not answer in time.
+    #[error("the directory did not answer in time")]
+    Timeout,
+}
+
+type Pending = oneshot::Sender<Result<Reply, SessionError>>;
+
+/// Cheap handle to the session task.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    tx: mpsc::Sender<(Request, Option<Pending>)>,
+}
+
+impl SessionHandle {
+    pub(crate) fn new() -> (Self, mpsc::Receiver<(Request, Option<Pending>)>) {
+        let (tx, rx) = mpsc::channel(256);
+        (Self { tx }, rx)
+    }
+
+    /// Sends a request and waits (at most 10 s) for the directory's answer.
+    pub(crate) async fn request(&self, req: Request) -> Result<Reply, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((req, Some(tx)))
+            .await
+            .map_err(|_| SessionError::NotConnected)?;
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(SessionError::NotConnected),
+            Err(_) => Err(SessionError::Timeout),
+        }
+    }
+
+    /// Sends a request without waiting for the answer (e.g. a presence publish).
+    pub(crate) fn notify(&self, req: Request) {
+        let _ = self.tx.try_send((req, None));
+    }
+}
+
+/// Runs the session until `cancel`, reconnecting as needed.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<(Request, Option<Pending>)>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = inner.dir.open_session(&inner.device_key) => r,
+        };
+        match attempt {
+            Ok(ws) => {
+                backoff = Duration::from_millis(250);
+                let clean = serve(&inner, ws, &mut rx, &cancel).await;
+                inner.set_connected(false);
+                if clean || cancel.is_cancelled() {
+                    return;
+                }
+            }
+            Err(DirectoryError::Refused { body, .. }) => {
+                warn!(error = ?body.error, "directory refused the session: {}", body.message);
+            }
+            Err(e) => debug!("directory session failed: {e}"),
+        }
+        // Refuse requests while disconnected rather than letting them wait.
+        let deadline = tokio::time::sleep(backoff);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = &mut deadline => break,
+                Some((_, reply)) = rx.recv() => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(SessionError::NotConnected));
+                    }
+                }
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Serves one connected session. Returns true on a clean local shutdown.
+async fn serve(
+    inner: &Arc<Inner>,
+    ws: crate::dirclient::SessionStream,
+    rx: &mut mpsc::Receiver<(Request, Option<Pending>)>,
+    cancel: &CancellationToken,
+) -> bool {
+    let (mut sink, mut stream) = ws.split();
+    let mut pending: HashMap<u64, Option<Pending>> = HashMap::new();
+    let mut next_id: u64 = 1;
+    // Until the directory's Welcome tells us its heartbeat, assume the default.
+    let mut silence_limit = Duration::from_secs(10);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut addr_changes = inner.addr_changes();
+
+    // Announce ourselves and sync contacts before anything else.
+    for req in [inner.publish_request(), Request::Contacts] {
+        pending.insert(next_id, None);
+        if send(&mut sink, next_id, req).await.is_err() {
+            return false;
+        }
+        next_id += 1;
+    }
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = sink.send(WsMessage::Close(None)).await;
+                let _ = sink.close().await;
+                fail_all(&mut pending);
+                return true;
+            }
+            frame = stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                let text = match frame {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(_))) | None => break,
+                    Some(Ok(_)) => continue, // pings are answered by tungstenite
+                    Some(Err(e)) => {
+                        debug!("directory session error: {e}");
+                        break;
+                    }
+                };
+                let frame: ServerFrame = match serde_json::from_str(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!("directory sent an unreadable frame: {e}");
+                        continue;
+                    }
+                };
+                match frame {
+                    ServerFrame::Welcome { heartbeat_secs, .. } => {
+                        silence_limit = Duration::from_secs(heartbeat_secs.clamp(1, 60) * 3 + 1);
+                        inner.set_connected(true);
+                        info!("directory session up");
+                    }
+                    ServerFrame::Reply { id, reply } => {
+                        match pending.remove(&id) {
+                            Some(Some(tx)) => { let _ = tx.send(Ok(reply)); }
+                            Some(None) => inner.handle_internal_reply(reply),
+                            None => {}
+                        }
+                    }
+                    ServerFrame::Error { id, error } => {
+                        match pending.remove(&id) {
+                            Some(Some(tx)) => { let _ = tx.send(Err(SessionError::Refused(error))); }
+                            _ => warn!(error = ?error.error, "directory error: {}", error.message),
+                        }
+                    }
+                    push => inner.handle_push(push),
+                }
+            }
+            Some((req, reply)) = rx.recv() => {
+                let id = next_id;
+                next_id += 1;
+                pending.insert(id, reply);
+                if send(&mut sink, id, req).await.is_err() {
+                    break;
+                }
+            }
+            Ok(()) = addr_changes.changed() => {
+                let id = next_id;
+                next_id += 1;
+                pending.insert(id, None);
+                if send(&mut sink, id, inner.publish_request()).await.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                if last_heard.elapsed() > silence_limit {
+                    warn!("directory session silent for {silence_limit:?}; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+    fail_all(&mut pending);
+    false
+}
+
+fn fail_all(pending: &mut HashMap<u64, Option<Pending>>) {
+    for (_, tx) in pending.drain() {
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(SessionError::NotConnected));
+        }
+    }
+}
