@@ -236,8 +236,14 @@ fn rpc_exit_code(rpc: &RpcError) -> u8 {
     if let Some(r) = rpc.refusal() {
         return r.exit_code();
     }
+    let directory_code = rpc.data.as_ref().and_then(|d| d.get("error")).and_then(Value::as_str);
+    if rpc.code == codes::DIRECTORY && directory_code == Some("offline") {
+        // A contact request to someone offline: refused like a message would be.
+        return dialtone_proto::Refusal::Offline.exit_code();
+    }
     match rpc.code {
         codes::NOT_CONNECTED | codes::DIRECTORY => EXIT_DIRECTORY,
+        codes::INVALID_PARAMS => 2,
         _ => 1,
     }
 }
@@ -794,10 +800,13 @@ async fn watch(home: &Home, json: bool) -> Result {
     c.call("events.subscribe", json!({}))
         .await
         .map_err(|e| client_fail(&e))?;
-    if !json {
+    let mut out = std::io::stdout();
+    if json {
+        // Tells scripts that the subscription is in place: nothing after this line is missed.
+        let _ = writeln!(out, "{}", json!({"event": "watching"})).and_then(|()| out.flush());
+    } else {
         eprintln!("watching; Ctrl-C to stop");
     }
-    let mut out = std::io::stdout();
     loop {
         let msg = tokio::select! {
             m = c.next_message() => m.map_err(|e| client_fail(&e))?,

@@ -1,0 +1,279 @@
+//! End-to-end tests: the real `dialtone-directory` and `dialtone` binaries as processes on
+//! loopback, each person with their own home directory, talking over real sockets.
+//!
+//! Build the binaries first: `cargo build --bins` (`scripts/test.sh` does).
+
+use std::time::{Duration, Instant};
+
+use dialtone_testkit::{Directory, Person, wait_until};
+
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+const CAROL: &str = "+14155550100";
+
+#[test]
+fn identity_register_and_verify() {
+    let dir = Directory::start();
+
+    // An identity must be protected unless the user opts out explicitly.
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    let p = Person::new(ALICE); // --no-passphrase, used below for registration
+    let bare = std::process::Command::new(dialtone_testkit::bin("dialtone"))
+        .arg("--home")
+        .arg(&home)
+        .args(["id", "new"])
+        .env_remove("DIALTONE_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("--passphrase-file"));
+
+    // Encrypted identity: register needs the passphrase.
+    let pass = tmp.path().join("pass");
+    std::fs::write(&pass, "correct horse battery\n").unwrap();
+    let enc = Person::new_with_passphrase_file(CAROL, &pass);
+    let show = enc.run(&["id", "show", "--json"]).ok().json();
+    assert_eq!(show["encrypted"], true);
+    let fp = show["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fp.len(), 39);
+    assert!(enc.run(&["id", "show"]).ok().stdout.starts_with(&fp));
+    enc.run(&["register", CAROL, "--directory", &dir.url])
+        .fails_with(1, "the identity key is encrypted");
+    enc.run(&["register", CAROL, "--directory", &dir.url, "--passphrase-file", pass.to_str().unwrap()])
+        .ok();
+    let code = dir.code_for(CAROL);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    enc.run(&["verify", wrong, "--passphrase-file", pass.to_str().unwrap()])
+        .fails_with(4, "wrong code");
+    enc.run_env(&["verify", &code], &[("DIALTONE_PASSPHRASE", "correct horse battery")])
+        .ok();
+    assert_eq!(enc.run(&["id", "show", "--json"]).ok().json()["registered"], true);
+
+    // Key files are private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["identity.key", "device.key"] {
+        let mode = std::fs::metadata(p.home.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+
+    // Identifiers are normalized; garbage is refused with a usage error.
+    p.run(&["register", "  Alice@EXAMPLE.com", "--directory", &dir.url]).ok();
+    assert!(dir.outbox.join(ALICE).exists());
+    p.run(&["register", "not-an-address", "--directory", &dir.url]).fails_with(2, "neither an email");
+
+    // Repeated registrations are rate limited.
+    let mut limited = false;
+    for _ in 0..6 {
+        let r = p.run(&["register", ALICE, "--directory", &dir.url]);
+        if r.code != 0 {
+            r.fails_with(4, "");
+            assert!(r.stderr.to_lowercase().contains("too many") || r.stderr.contains("try again"), "{}", r.stderr);
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "repeated registrations were never rate limited");
+
+    // Plain HTTP to a directory that is not on loopback is refused before any traffic.
+    p.run(&["register", ALICE, "--directory", "http://192.0.2.1:8080"])
+        .fails_with(4, "refusing the plain-HTTP directory");
+}
+
+#[test]
+fn contacts_presence_and_messages() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::registered(&dir, BOB);
+
+    // Bob is offline: the contact request is refused, not queued.
+    let r = alice.run(&["contacts", "add", BOB]);
+    r.fails_with(10, "offline");
+
+    bob.up();
+    let mut bob_watch = bob.watch();
+    // The earlier request never arrives later.
+    bob_watch.expect_none("queued contact request", Duration::from_secs(2), |e| e["event"] == "contact_request");
+    assert!(bob.contacts().is_empty());
+
+    // Sending before being contacts is refused at once.
+    let r = alice.run(&["send", BOB, "hi"]);
+    r.fails_with(12, "not your contact");
+    assert!(r.elapsed < Duration::from_secs(5));
+
+    // Request while online reaches Bob in real time.
+    let mut alice_watch = alice.watch();
+    alice.run(&["contacts", "add", BOB]).ok();
+    let ev = bob_watch.expect("contact request", Duration::from_secs(10), |e| e["event"] == "contact_request");
+    assert_eq!(ev["from"], ALICE);
+    bob.run(&["contacts", "accept", ALICE]).ok();
+    alice_watch.expect("bob online", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "online"
+    });
+    assert_eq!(alice.state_of(BOB).as_deref(), Some("online"));
+
+    // Presence is pushed.
+    bob.run(&["status", "set", "away", "--message", "at lunch"]).ok();
+    let ev = alice_watch.expect("bob away", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "away"
+    });
+    assert_eq!(ev["message"], "at lunch");
+    bob.run(&["status", "set", "online"]).ok();
+
+    // A message is delivered and acknowledged.
+    let r = alice.run(&["send", BOB, "hello", "bob"]);
+    r.ok();
+    assert!(r.stdout.contains("delivered to bob@example.com"));
+    let ev = bob_watch.expect("message", Duration::from_secs(5), |e| e["event"] == "message");
+    assert_eq!(ev["from"], ALICE);
+    assert_eq!(ev["body"], "hello bob");
+    // And back, on the same connection.
+    bob.run(&["send", ALICE, "hi alice"]).ok();
+    alice_watch.expect("reply", Duration::from_secs(5), |e| e["event"] == "message" && e["body"] == "hi alice");
+
+    // Busy refuses with do-not-disturb; invisible looks offline.
+    bob.run(&["status", "set", "busy"]).ok();
+    alice_watch.expect("bob busy", Duration::from_secs(10), |e| e["event"] == "presence" && e["state"] == "busy");
+    alice.run(&["send", BOB, "psst"]).fails_with(14, "busy");
+    bob.run(&["status", "set", "invisible"]).ok();
+    alice_watch.expect("bob invisible", Duration::from_secs(10), |e| e["event"] == "presence" && e["state"] == "offline");
+    let r = alice.run(&["send", BOB, "are you there"]);
+    r.fails_with(10, "offline");
+    assert!(r.elapsed < Duration::from_secs(2), "offline refusal took {:?}", r.elapsed);
+    bob.run(&["status", "set", "online"]).ok();
+    alice_watch.expect("bob back", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["state"] == "online" && e["identifier"] == BOB
+    });
+
+    // Offline: refused within 2 s, and never delivered later.
+    bob_watch.seen.clear();
+    drop(bob_watch);
+    bob.run(&["down"]).ok();
+    alice_watch.expect("bob offline after down", Duration::from_secs(5), |e| {
+        e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "offline"
+    });
+    let r = alice.run(&["send", BOB, "this must never arrive"]);
+    r.fails_with(10, "offline");
+    assert!(r.elapsed < Duration::from_secs(2), "offline refusal took {:?}", r.elapsed);
+    bob.up();
+    let mut bob_watch = bob.watch();
+    alice_watch.expect("bob online again", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "online"
+    });
+    bob_watch.expect_none("late delivery", Duration::from_secs(3), |e| e["event"] == "message");
+
+    // Blocked: refused at once with its own code.
+    alice.run(&["contacts", "block", BOB]).ok();
+    let r = alice.run(&["send", BOB, "x"]);
+    r.fails_with(13, "blocked");
+    // Bob lost the contact and sees Alice as a non-contact.
+    wait_until(Duration::from_secs(5), "bob to lose alice", || bob.state_of(ALICE).is_none());
+    bob.run(&["send", ALICE, "x"]).fails_with(12, "not your contact");
+}
+
+#[test]
+fn kill_dash_nine_shows_offline_within_ten_seconds() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    let mut w = alice.watch();
+    let killed = Instant::now();
+    bob.kill9();
+    w.expect("bob offline", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "offline"
+    });
+    assert!(killed.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn unreachable_device_is_refused_within_ten_seconds() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    // Bob's agent freezes: the directory still lists him for a few seconds, but his device
+    // answers nothing.
+    bob.signal(libc::SIGSTOP);
+    let r = alice.run(&["send", BOB, "hello?"]);
+    bob.signal(libc::SIGCONT);
+    assert!(r.code == 11 || r.code == 10, "expected unreachable (or offline), got {}: {}", r.code, r.stderr);
+    assert!(r.elapsed < Duration::from_secs(10), "took {:?}", r.elapsed);
+}
+
+#[test]
+fn key_change_is_refused_with_a_warning() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    alice.run(&["send", BOB, "first"]).ok();
+    let mut w = alice.watch();
+
+    // Someone (or the directory) binds bob's identifier to a different key.
+    let mallory = Person::registered(&dir, BOB);
+    mallory.up();
+    w.expect("key change warning", Duration::from_secs(10), |e| e["event"] == "key_changed" && e["identifier"] == BOB);
+    let r = alice.run(&["send", BOB, "secret"]);
+    r.fails_with(16, "WARNING");
+    let list = alice.run(&["contacts", "list"]).ok().stdout.clone();
+    assert!(list.contains("KEY CHANGED"), "{list}");
+
+    // Mallory's device cannot talk to Alice either.
+    mallory.run(&["send", ALICE, "hi, it's bob"]).fails_with(17, "refused");
+
+    // After checking in person, Alice can trust the new key.
+    alice.run(&["contacts", "trust", BOB]).ok();
+    alice.run(&["send", BOB, "ok"]).ok();
+}
+
+#[test]
+fn directory_restart_keeps_registrations_and_agents_reconnect() {
+    let mut dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    dir.kill();
+    wait_until(Duration::from_secs(20), "alice to notice", || {
+        alice.run(&["status", "--json"]).json()["directory_connected"] == false
+    });
+    dir.restart();
+    wait_until(Duration::from_secs(20), "bob online again", || alice.state_of(BOB).as_deref() == Some("online"));
+    alice.run(&["send", BOB, "after restart"]).ok();
+}
+
+#[test]
+fn phone_numbers_and_three_people() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let carol = Person::online(&dir, CAROL);
+    let bob = Person::online(&dir, BOB);
+    carol.befriend(&alice);
+    carol.befriend(&bob);
+    // Alice and Bob are not contacts of each other: neither sees the other's presence.
+    assert_eq!(alice.state_of(BOB), None);
+    let mut w = carol.watch();
+    alice.run(&["send", CAROL, "from alice"]).ok();
+    bob.run(&["send", "+1 415 555 0100", "from bob"]).ok();
+    w.expect("alice's", Duration::from_secs(5), |e| e["body"] == "from alice");
+    w.expect("bob's", Duration::from_secs(5), |e| e["body"] == "from bob");
+    alice.run(&["send", BOB, "x"]).fails_with(12, "not your contact");
+}
+
+#[test]
+fn agent_lifecycle_and_cli_errors() {
+    let dir = Directory::start();
+    let alice = Person::registered(&dir, ALICE);
+    alice.run(&["send", BOB, "x"]).fails_with(3, "not running");
+    alice.run(&["down"]).fails_with(3, "not running");
+    alice.up();
+    // A second agent for the same home is refused.
+    let r = alice.run(&["up", "--bind", "127.0.0.1:0", "--no-portmapper"]);
+    r.fails_with(1, "already running");
+    alice.run(&["status", "set", "sleepy"]).fails_with(2, "unknown state");
+    alice.run(&["send", "nobody@example.com", "x"]).fails_with(2, "no one is registered");
+    alice.run(&["down"]).ok();
+    assert!(!alice.home.join("agent.sock").exists());
+    let unregistered = Person::new(BOB);
+    unregistered.run(&["up", "--no-portmapper"]).fails_with(1, "not registered");
+}

@@ -1,0 +1,439 @@
+//! Test helpers that run the **real binaries** (`dialtone-directory`, `dialtone`) as processes
+//! on loopback, each in its own temporary directory.
+//!
+//! Build the binaries first (`cargo build --bins`, which `scripts/test.sh` does); the helpers
+//! find them next to the test executable, or in `DIALTONE_BIN_DIR`.
+//!
+//! Every process is killed when its handle drops, also when a test fails. Every wait is
+//! bounded and fails the test with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("DIALTONE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        // target/<profile>/deps/<test-exe> → target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().to_path_buf()
+    });
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first with `cargo build --bins` (or set DIALTONE_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// A running `dialtone-directory` with its data and verification outbox.
+#[derive(Debug)]
+pub struct Directory {
+    child: Option<Child>,
+    pub url: String,
+    pub addr: String,
+    pub data: PathBuf,
+    pub outbox: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+impl Directory {
+    /// Starts a directory on 127.0.0.1 (a free port) with a fresh data dir.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a directory with extra command-line arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let outbox = tmp.path().join("outbox");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn_directory("127.0.0.1:0", &data, &outbox, &extra);
+        let addr = url.split("://").nth(1).unwrap().to_owned();
+        Self { child: Some(child), url, addr, data, outbox, _tmp: Some(tmp), extra }
+    }
+
+    /// The code last sent to `identifier`.
+    pub fn code_for(&self, identifier: &str) -> String {
+        let path = self.outbox.join(identifier);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if !s.trim().is_empty() {
+                    return s.trim().to_owned();
+                }
+            }
+            assert!(Instant::now() < deadline, "no code in {}", path.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the directory (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the directory again on the same address and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may take a moment to be free again.
+            match try_spawn_directory(&self.addr, &self.data, &self.outbox, &self.extra) {
+                Ok((child, url)) => {
+                    assert_eq!(url, self.url);
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "directory did not restart: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Directory {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -> (Child, String) {
+    try_spawn_directory(listen, data, outbox, extra).unwrap_or_else(|e| panic!("directory: {e}"))
+}
+
+fn try_spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -> Result<(Child, String), String> {
+    let mut child = Command::new(bin("dialtone-directory"))
+        .args(["--listen", listen])
+        .arg("--data")
+        .arg(data)
+        .arg("--verify-outbox")
+        .arg(outbox)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        // Keep draining so the directory never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) => {
+            let url = line.strip_prefix("listening on ").ok_or_else(|| format!("unexpected first line {line:?}"))?;
+            Ok((child, url.trim().to_owned()))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            Err(format!("directory did not print its address (exit {status:?})"))
+        }
+    }
+}
+
+/// The result of one `dialtone` command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    fn from(out: Output, elapsed: Duration) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed,
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(
+            self.stderr.contains(needle) || self.stdout.contains(needle),
+            "expected {needle:?} in output:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// One person with one device: a home directory and (once `up`) a running agent.
+#[derive(Debug)]
+pub struct Person {
+    pub identifier: String,
+    pub home: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Person {
+    /// A person with a fresh identity (unencrypted key: tests only).
+    pub fn new(identifier: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let p = Self { identifier: identifier.to_owned(), home, _tmp: tmp };
+        p.run(&["id", "new", "--no-passphrase", "--name", "test-device"]).ok();
+        p
+    }
+
+    /// A person whose identity key is encrypted with the passphrase in `file`.
+    pub fn new_with_passphrase_file(identifier: &str, file: &Path) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let p = Self { identifier: identifier.to_owned(), home, _tmp: tmp };
+        p.run(&["id", "new", "--passphrase-file", file.to_str().unwrap()]).ok();
+        p
+    }
+
+    /// A person registered and verified with `dir`, not yet online.
+    pub fn registered(dir: &Directory, identifier: &str) -> Self {
+        let p = Self::new(identifier);
+        p.register(dir);
+        p
+    }
+
+    /// A person registered, verified and online.
+    pub fn online(dir: &Directory, identifier: &str) -> Self {
+        let p = Self::registered(dir, identifier);
+        p.up();
+        p
+    }
+
+    pub fn register(&self, dir: &Directory) {
+        self.run(&["register", &self.identifier, "--directory", &dir.url]).ok();
+        let code = dir.code_for(&self.identifier);
+        self.run(&["verify", &code]).ok();
+    }
+
+    /// Runs `dialtone --home H ARGS…` (60 s at most).
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let started = Instant::now();
+        let mut cmd = Command::new(bin("dialtone"));
+        cmd.arg("--home").arg(&self.home).args(args).stdin(Stdio::null());
+        cmd.env_remove("DIALTONE_PASSPHRASE").env_remove("DIALTONE_HOME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let out = wait_output(child, Duration::from_secs(60));
+        Run::from(out, started.elapsed())
+    }
+
+    /// Starts the agent in the background on loopback.
+    pub fn up(&self) {
+        self.run(&["up", "--detach", "--bind", "127.0.0.1:0", "--bind", "[::1]:0", "--no-portmapper"]).ok();
+    }
+
+    /// The agent's pid (from `agent.pid`).
+    pub fn agent_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.home.join("agent.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.agent_pid().expect("agent is not running");
+        // SAFETY: plain kill(2) on a pid we started.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// Kills the agent with SIGKILL and waits until it is gone.
+    pub fn kill9(&self) {
+        let pid = self.agent_pid().expect("agent is not running");
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_until(Duration::from_secs(10), "agent to die", || unsafe { libc::kill(pid, 0) } != 0);
+        let _ = std::fs::remove_file(self.home.join("agent.pid"));
+    }
+
+    /// Streams `dialtone watch --json`.
+    pub fn watch(&self) -> Watch {
+        let mut child = Command::new(bin("dialtone"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["watch", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut w = Watch { child, rx, seen: Vec::new() };
+        // `watch --json` prints {"event":"watching"} once it is subscribed.
+        w.expect("watch to subscribe", Duration::from_secs(10), |e| e["event"] == "watching");
+        w.seen.clear();
+        w
+    }
+
+    /// `contacts list --json`, as (identifier → entry).
+    pub fn contacts(&self) -> Vec<Value> {
+        self.run(&["contacts", "list", "--json"]).ok().json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The state of `who` in our contact list (`None` if not listed).
+    pub fn state_of(&self, who: &str) -> Option<String> {
+        self.contacts()
+            .into_iter()
+            .find(|c| c["identifier"] == who)
+            .and_then(|c| c["state"].as_str().map(str::to_owned))
+    }
+
+    /// Makes `self` and `other` mutual contacts (both online).
+    pub fn befriend(&self, other: &Person) {
+        let w = other.watch();
+        self.run(&["contacts", "add", &other.identifier]).ok();
+        let mut w = w;
+        w.expect("contact request", Duration::from_secs(10), |e| {
+            e["event"] == "contact_request" && e["from"] == self.identifier.as_str()
+        });
+        other.run(&["contacts", "accept", &self.identifier]).ok();
+        wait_until(Duration::from_secs(10), "contact to show online", || {
+            self.state_of(&other.identifier).as_deref() == Some("online")
+        });
+    }
+
+    /// Stops the agent if it runs.
+    pub fn down(&self) {
+        if self.home.join("agent.sock").exists() {
+            let _ = self.run(&["down"]);
+        }
+    }
+}
+
+impl Drop for Person {
+    fn drop(&mut self) {
+        if let Some(pid) = self.agent_pid() {
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A running `dialtone watch --json`.
+#[derive(Debug)]
+pub struct Watch {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+    /// Every event seen so far.
+    pub seen: Vec<Value>,
+}
+
+impl Watch {
+    /// Waits for an event matching `pred` (events before it are kept in `seen`).
+    #[track_caller]
+    pub fn expect(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("no {what} within {timeout:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Collects events for `window` and asserts none matches `pred`.
+    #[track_caller]
+    pub fn expect_none(&mut self, what: &str, window: Duration, pred: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + window;
+        while let Ok(v) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.seen.push(v);
+        }
+        assert!(!self.seen.iter().any(&pred), "unexpected {what}: {:#?}", self.seen);
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, or fails after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("command timed out after {timeout:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
