@@ -762,6 +762,28 @@ impl AgentHandle {
         peer::send_text(&self.inner, to, body).await
     }
 
+    /// Closes every peer connection (the next message dials afresh).
+    pub fn drop_connections(&self) {
+        for (_, pc) in self.inner.lock().conns.drain() {
+            dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Idle);
+        }
+    }
+
+    /// Asks the directory about someone: keys always; presence and addresses only if they
+    /// are an accepted contact.
+    pub async fn lookup(&self, who: Identifier) -> Result<ContactEntry, SessionError> {
+        match self.inner.session.request(Request::Lookup { identifier: who }).await? {
+            Reply::Lookup { contact } => Ok(contact),
+            _ => Err(SessionError::Timeout),
+        }
+    }
+
+    /// Resolves once the directory session is up (or after `timeout`); returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// Asks the agent's owner to stop (what `dialtone down` does).
     pub fn request_shutdown(&self) {
         self.inner.shutdown_requested.notify_one();

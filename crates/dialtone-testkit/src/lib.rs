@@ -21,9 +21,11 @@ use serde_json::Value;
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("DIALTONE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // target/<profile>/deps/<test-exe> → target/<profile>
+        // target/<profile>/deps/<test-exe> → target/<profile>; a binary such as the benchmark
+        // lives in target/<profile> itself.
         let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().to_path_buf()
+        let here = exe.parent().unwrap();
+        if here.join(name).exists() { here.to_path_buf() } else { here.parent().unwrap().to_path_buf() }
     });
     let p = dir.join(name);
     assert!(

@@ -1,0 +1,245 @@
+//! `dialtone-bench`: measures what a person feels, on loopback, against a raw iroh baseline
+//! measured in the same run.
+//!
+//! Run: `scripts/bench.sh` (builds release binaries, then runs this). It starts a real
+//! `dialtone-directory` process, registers two people with the real `dialtone` CLI, then embeds
+//! two agents in this process (the agent library, as a bot would) and prints medians:
+//!
+//! - message round trip on an established connection (send → peer acknowledges);
+//! - cold first message: no open connection (connect + hellos + deliver + ack);
+//! - directory lookup round trip on the session;
+//! - login → contact sees presence (agent start until the contact's agent gets the push);
+//! - baseline: a raw iroh echo (one stream per message, same frame size) between two bare
+//!   endpoints, and the ratio of Dialtone's round trip to it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use dialtone_agent::{Agent, AgentConfig, Event, Home};
+use dialtone_proto::{Identifier, directory::PresenceState};
+use dialtone_testkit::{Directory, Person};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "Dialtone loopback benchmark")]
+struct Args {
+    /// Round trips on an established connection.
+    #[arg(long, default_value_t = 1000)]
+    rtt_n: usize,
+    /// Cold first messages.
+    #[arg(long, default_value_t = 50)]
+    cold_n: usize,
+    /// Login → presence measurements.
+    #[arg(long, default_value_t = 20)]
+    login_n: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+
+fn config(home: &std::path::Path) -> anyhow::Result<AgentConfig> {
+    let mut c = AgentConfig::new(Home::open(home)?);
+    c.bind = vec!["127.0.0.1:0".parse()?, "[::1]:0".parse()?];
+    c.portmapper = false;
+    c.serve_api = false;
+    Ok(c)
+}
+
+async fn wait_event(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    timeout: Duration,
+    pred: impl Fn(&Event) -> bool,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return Ok(()),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => bail!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .context("timed out waiting for an event")?
+}
+
+fn presence_is(who: &Identifier, state: PresenceState) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Presence { identifier, state: s, .. } if identifier == who && *s == state)
+}
+
+#[derive(Debug, Clone)]
+struct Stats {
+    n: usize,
+    median_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
+    Stats { n: v.len(), median_us: q(0.5), p90_us: q(0.9), p99_us: q(0.99) }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = Directory::start();
+    let alice_p = Person::registered(&dir, ALICE);
+    let bob_p = Person::registered(&dir, BOB);
+    let alice_id = Identifier::parse(ALICE)?;
+    let bob_id = Identifier::parse(BOB)?;
+
+    let alice = Agent::start(config(&alice_p.home)?).await?;
+    let mut bob = Agent::start(config(&bob_p.home)?).await?;
+    let (a, b) = (alice.handle(), bob.handle());
+    for h in [&a, &b] {
+        if !h.wait_connected(Duration::from_secs(10)).await {
+            bail!("agent did not reach the directory");
+        }
+    }
+    let mut b_events = b.subscribe();
+    let mut a_events = a.subscribe();
+    a.add_contact(bob_id.clone()).await?;
+    wait_event(&mut b_events, Duration::from_secs(10), |e| matches!(e, Event::ContactRequest { .. })).await?;
+    b.respond(alice_id.clone(), true).await?;
+    wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Online)).await?;
+
+    // Bob's side keeps a watcher, as a front end would: the ack counts it.
+    let _bob_front_end = b.subscribe();
+
+    // Established connection round trips.
+    let body = "x".repeat(64);
+    for _ in 0..50 {
+        a.send(bob_id.clone(), body.clone()).await?;
+    }
+    let mut rtt = Vec::with_capacity(args.rtt_n);
+    for _ in 0..args.rtt_n {
+        let t = Instant::now();
+        a.send(bob_id.clone(), body.clone()).await?;
+        rtt.push(t.elapsed());
+    }
+
+    // Cold first message.
+    let mut cold = Vec::with_capacity(args.cold_n);
+    for _ in 0..args.cold_n {
+        a.drop_connections();
+        b.drop_connections();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        a.send(bob_id.clone(), body.clone()).await?;
+        cold.push(t.elapsed());
+    }
+
+    // Lookup on the session.
+    let mut lookup = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        a.lookup(bob_id.clone()).await?;
+        lookup.push(t.elapsed());
+    }
+
+    // Login → contact sees presence.
+    let mut login = Vec::with_capacity(args.login_n);
+    for _ in 0..args.login_n {
+        bob.shutdown().await;
+        wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Offline)).await?;
+        let t = Instant::now();
+        bob = Agent::start(config(&bob_p.home)?).await?;
+        wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Online)).await?;
+        login.push(t.elapsed());
+    }
+    bob.shutdown().await;
+    alice.shutdown().await;
+
+    let baseline = raw_iroh_echo(args.rtt_n, body.len() + 40).await?;
+
+    let rtt = stats(rtt);
+    let cold = stats(cold);
+    let lookup = stats(lookup);
+    let login = stats(login);
+    let baseline = stats(baseline);
+    let ratio = rtt.median_us / baseline.median_us;
+    if args.json {
+        let s = |s: &Stats| json!({"n": s.n, "median_us": s.median_us, "p90_us": s.p90_us, "p99_us": s.p99_us});
+        println!(
+            "{}",
+            json!({
+                "message_rtt": s(&rtt), "cold_first_message": s(&cold), "lookup": s(&lookup),
+                "login_to_presence": s(&login), "raw_iroh_echo": s(&baseline),
+                "rtt_ratio_to_raw_iroh": ratio,
+            })
+        );
+    } else {
+        println!("{:<44} {:>6} {:>12} {:>12} {:>12}", "measure (loopback)", "n", "median", "p90", "p99");
+        for (name, s) in [
+            ("message round trip, established connection", &rtt),
+            ("cold first message (connect+hello+ack)", &cold),
+            ("directory lookup on the session", &lookup),
+            ("login -> contact sees presence", &login),
+            ("baseline: raw iroh echo, stream per message", &baseline),
+        ] {
+            println!(
+                "{name:<44} {:>6} {:>9.0} µs {:>9.0} µs {:>9.0} µs",
+                s.n, s.median_us, s.p90_us, s.p99_us
+            );
+        }
+        println!("ratio of Dialtone round trip to raw iroh echo (medians): {ratio:.2}x");
+    }
+    Ok(())
+}
+
+/// Two bare iroh endpoints on loopback; one echoes every stream. Measures the same shape of
+/// exchange as a Dialtone message (open stream, write, finish, read the answer).
+async fn raw_iroh_echo(n: usize, size: usize) -> anyhow::Result<Vec<Duration>> {
+    let mk = |seed: u8| {
+        let mut c = dialtone_net::EndpointConfig::new([seed; 32]);
+        c.bind = vec!["127.0.0.1:0".parse().expect("literal")];
+        c.portmapper = false;
+        c
+    };
+    let server = dialtone_net::bind(&mk(7)).await?;
+    let client = dialtone_net::bind(&mk(9)).await?;
+    let server_id = dialtone_net::device_id(&server).context("server id")?;
+    let info = dialtone_net::local_endpoint_info(&server);
+    let srv = server.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = srv.accept().await {
+            let Ok(acc) = inc.accept() else { continue };
+            let Ok(conn) = acc.await else { continue };
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(buf) = recv.read_to_end(1 << 16).await {
+                            let _ = send.write_all(&buf).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let conn = dialtone_net::connect(&client, &server_id, &info, Duration::from_secs(5)).await?;
+    let payload = vec![0u8; size];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let t = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&payload).await?;
+        send.finish()?;
+        let back = recv.read_to_end(1 << 16).await?;
+        if back.len() != size {
+            bail!("echo returned {} bytes", back.len());
+        }
+        if i >= 50 {
+            out.push(t.elapsed());
+        }
+    }
+    client.close().await;
+    server.close().await;
+    Ok(out)
+}

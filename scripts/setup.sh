@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what Dialtone's build, demo and tests need on a fresh Debian/Ubuntu machine.
+# Idempotent: installs only what is missing. Run as root, or with sudo available.
+set -euo pipefail
+
+need_pkgs=()
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+
+if ((${#need_pkgs[@]})); then
+  echo "setup: installing Debian packages: ${need_pkgs[*]}"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: Rust is missing. Install it from your distribution (apt-get install cargo) or with rustup, then rerun." >&2
+  exit 1
+fi
+echo "setup: ok ($(cargo --version))"
