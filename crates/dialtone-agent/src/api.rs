@@ -166,10 +166,10 @@ async fn serve_conn(agent: AgentHandle, stream: UnixStream) {
             })),
             Err(_) => return,
         };
-        if let Some(resp) = response {
-            if write_line(&mut write, &resp).await.is_err() {
-                return;
-            }
+        if let Some(resp) = response
+            && write_line(&mut write, &resp).await.is_err()
+        {
+            return;
         }
     }
 }
@@ -178,14 +178,10 @@ async fn next_event(events: &mut Option<tokio::sync::broadcast::Receiver<crate::
     let Some(rx) = events else {
         return std::future::pending().await;
     };
-    loop {
-        match rx.recv().await {
-            Ok(ev) => return serde_json::to_value(ev).unwrap_or(Value::Null),
-            Err(RecvError::Lagged(n)) => {
-                return json!({"event": "lagged", "missed": n});
-            }
-            Err(RecvError::Closed) => return std::future::pending().await,
-        }
+    match rx.recv().await {
+        Ok(ev) => serde_json::to_value(ev).unwrap_or(Value::Null),
+        Err(RecvError::Lagged(n)) => json!({"event": "lagged", "missed": n}),
+        Err(RecvError::Closed) => std::future::pending().await,
     }
 }
 

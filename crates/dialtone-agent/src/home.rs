@@ -291,7 +291,7 @@ impl Home {
         let s = Zeroizing::new(fs::read_to_string(&path).map_err(io_err(&path))?);
         decode32(s.trim())
             .map(Zeroizing::new)
-            .ok_or(HomeError::Corrupt {
+            .ok_or_else(|| HomeError::Corrupt {
                 path,
                 reason: "not 32 bytes of hex".into(),
             })

@@ -772,7 +772,12 @@ impl AgentHandle {
     /// Asks the directory about someone: keys always; presence and addresses only if they
     /// are an accepted contact.
     pub async fn lookup(&self, who: Identifier) -> Result<ContactEntry, SessionError> {
-        match self.inner.session.request(Request::Lookup { identifier: who }).await? {
+        match self
+            .inner
+            .session
+            .request(Request::Lookup { identifier: who })
+            .await?
+        {
             Reply::Lookup { contact } => Ok(contact),
             _ => Err(SessionError::Timeout),
         }
@@ -781,7 +786,9 @@ impl AgentHandle {
     /// Resolves once the directory session is up (or after `timeout`); returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.inner.connected.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Asks the agent's owner to stop (what `dialtone down` does).

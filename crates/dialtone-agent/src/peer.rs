@@ -311,10 +311,9 @@ pub(crate) async fn send_text(
         Relation::Blocked => return Err(SendError::refused(Refusal::Blocked, &to)),
         _ => return Err(SendError::refused(Refusal::NotAContact, &to)),
     }
-    if let Some(pin) = inner.lock().pins.get(&to) {
-        if pin.identity_key != contact.identity_key {
-            return Err(SendError::refused(Refusal::KeyChanged, &to));
-        }
+    let pinned = inner.lock().pins.get(&to).map(|p| p.identity_key);
+    if pinned.is_some_and(|k| k != contact.identity_key) {
+        return Err(SendError::refused(Refusal::KeyChanged, &to));
     }
     match contact.presence.state {
         PresenceState::Offline | PresenceState::Invisible => {
@@ -446,11 +445,11 @@ async fn connection(
     dev: &DeviceEndpoint,
 ) -> Result<(Connection, bool), Refusal> {
     let device = dev.cert.device_id;
-    if let Some(pc) = inner.lock().conns.get_mut(&device) {
-        if pc.conn.close_reason().is_none() {
-            pc.last_used = Instant::now();
-            return Ok((pc.conn.clone(), false));
-        }
+    if let Some(pc) = inner.lock().conns.get_mut(&device)
+        && pc.conn.close_reason().is_none()
+    {
+        pc.last_used = Instant::now();
+        return Ok((pc.conn.clone(), false));
     }
     let started = Instant::now();
     let timeout = inner.config.connect_timeout;

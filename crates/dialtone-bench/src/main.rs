@@ -82,7 +82,12 @@ struct Stats {
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
-    Stats { n: v.len(), median_us: q(0.5), p90_us: q(0.9), p99_us: q(0.99) }
+    Stats {
+        n: v.len(),
+        median_us: q(0.5),
+        p90_us: q(0.9),
+        p99_us: q(0.99),
+    }
 }
 
 #[tokio::main]
@@ -105,9 +110,17 @@ async fn main() -> anyhow::Result<()> {
     let mut b_events = b.subscribe();
     let mut a_events = a.subscribe();
     a.add_contact(bob_id.clone()).await?;
-    wait_event(&mut b_events, Duration::from_secs(10), |e| matches!(e, Event::ContactRequest { .. })).await?;
+    wait_event(&mut b_events, Duration::from_secs(10), |e| {
+        matches!(e, Event::ContactRequest { .. })
+    })
+    .await?;
     b.respond(alice_id.clone(), true).await?;
-    wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Online)).await?;
+    wait_event(
+        &mut a_events,
+        Duration::from_secs(10),
+        presence_is(&bob_id, PresenceState::Online),
+    )
+    .await?;
 
     // Bob's side keeps a watcher, as a front end would: the ack counts it.
     let _bob_front_end = b.subscribe();
@@ -147,10 +160,20 @@ async fn main() -> anyhow::Result<()> {
     let mut login = Vec::with_capacity(args.login_n);
     for _ in 0..args.login_n {
         bob.shutdown().await;
-        wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Offline)).await?;
+        wait_event(
+            &mut a_events,
+            Duration::from_secs(10),
+            presence_is(&bob_id, PresenceState::Offline),
+        )
+        .await?;
         let t = Instant::now();
         bob = Agent::start(config(&bob_p.home)?).await?;
-        wait_event(&mut a_events, Duration::from_secs(10), presence_is(&bob_id, PresenceState::Online)).await?;
+        wait_event(
+            &mut a_events,
+            Duration::from_secs(10),
+            presence_is(&bob_id, PresenceState::Online),
+        )
+        .await?;
         login.push(t.elapsed());
     }
     bob.shutdown().await;
@@ -175,7 +198,10 @@ async fn main() -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("{:<44} {:>6} {:>12} {:>12} {:>12}", "measure (loopback)", "n", "median", "p90", "p99");
+        println!(
+            "{:<44} {:>6} {:>12} {:>12} {:>12}",
+            "measure (loopback)", "n", "median", "p90", "p99"
+        );
         for (name, s) in [
             ("message round trip, established connection", &rtt),
             ("cold first message (connect+hello+ack)", &cold),

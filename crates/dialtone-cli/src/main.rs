@@ -236,7 +236,11 @@ fn rpc_exit_code(rpc: &RpcError) -> u8 {
     if let Some(r) = rpc.refusal() {
         return r.exit_code();
     }
-    let directory_code = rpc.data.as_ref().and_then(|d| d.get("error")).and_then(Value::as_str);
+    let directory_code = rpc
+        .data
+        .as_ref()
+        .and_then(|d| d.get("error"))
+        .and_then(Value::as_str);
     if rpc.code == codes::DIRECTORY && directory_code == Some("offline") {
         // A contact request to someone offline: refused like a message would be.
         return dialtone_proto::Refusal::Offline.exit_code();
@@ -821,10 +825,10 @@ async fn watch(home: &Home, json: bool) -> Result {
         } else {
             describe(ev)
         };
-        if let Some(line) = line {
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return Ok(()); // stdout closed
-            }
+        if let Some(line) = line
+            && writeln!(out, "{line}").and_then(|()| out.flush()).is_err()
+        {
+            return Ok(()); // stdout closed
         }
     }
 }
@@ -863,9 +867,11 @@ async fn chat(home: &Home, with: &str) -> Result {
             msg = events.next_message() => {
                 let msg = msg.map_err(|e| client_fail(&e))?;
                 let ev = &msg["params"];
-                let about = ev["from"].as_str().or(ev["identifier"].as_str());
-                if about == Some(with.as_str()) || ev["event"] == "directory" {
-                    if let Some(line) = describe(ev) { println!("{line}"); }
+                let about = ev["from"].as_str().or_else(|| ev["identifier"].as_str());
+                if (about == Some(with.as_str()) || ev["event"] == "directory")
+                    && let Some(line) = describe(ev)
+                {
+                    println!("{line}");
                 }
             }
         }

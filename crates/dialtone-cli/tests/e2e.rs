@@ -40,27 +40,45 @@ fn identity_register_and_verify() {
     assert!(enc.run(&["id", "show"]).ok().stdout.starts_with(&fp));
     enc.run(&["register", CAROL, "--directory", &dir.url])
         .fails_with(1, "the identity key is encrypted");
-    enc.run(&["register", CAROL, "--directory", &dir.url, "--passphrase-file", pass.to_str().unwrap()])
-        .ok();
+    enc.run(&[
+        "register",
+        CAROL,
+        "--directory",
+        &dir.url,
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .ok();
     let code = dir.code_for(CAROL);
     let wrong = if code == "000000" { "111111" } else { "000000" };
     enc.run(&["verify", wrong, "--passphrase-file", pass.to_str().unwrap()])
         .fails_with(4, "wrong code");
-    enc.run_env(&["verify", &code], &[("DIALTONE_PASSPHRASE", "correct horse battery")])
-        .ok();
-    assert_eq!(enc.run(&["id", "show", "--json"]).ok().json()["registered"], true);
+    enc.run_env(
+        &["verify", &code],
+        &[("DIALTONE_PASSPHRASE", "correct horse battery")],
+    )
+    .ok();
+    assert_eq!(
+        enc.run(&["id", "show", "--json"]).ok().json()["registered"],
+        true
+    );
 
     // Key files are private.
     use std::os::unix::fs::PermissionsExt;
     for f in ["identity.key", "device.key"] {
-        let mode = std::fs::metadata(p.home.join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(p.home.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
 
     // Identifiers are normalized; garbage is refused with a usage error.
-    p.run(&["register", "  Alice@EXAMPLE.com", "--directory", &dir.url]).ok();
+    p.run(&["register", "  Alice@EXAMPLE.com", "--directory", &dir.url])
+        .ok();
     assert!(dir.outbox.join(ALICE).exists());
-    p.run(&["register", "not-an-address", "--directory", &dir.url]).fails_with(2, "neither an email");
+    p.run(&["register", "not-an-address", "--directory", &dir.url])
+        .fails_with(2, "neither an email");
 
     // Repeated registrations are rate limited.
     let mut limited = false;
@@ -68,7 +86,11 @@ fn identity_register_and_verify() {
         let r = p.run(&["register", ALICE, "--directory", &dir.url]);
         if r.code != 0 {
             r.fails_with(4, "");
-            assert!(r.stderr.to_lowercase().contains("too many") || r.stderr.contains("try again"), "{}", r.stderr);
+            assert!(
+                r.stderr.to_lowercase().contains("too many") || r.stderr.contains("try again"),
+                "{}",
+                r.stderr
+            );
             limited = true;
             break;
         }
@@ -93,7 +115,9 @@ fn contacts_presence_and_messages() {
     bob.up();
     let mut bob_watch = bob.watch();
     // The earlier request never arrives later.
-    bob_watch.expect_none("queued contact request", Duration::from_secs(2), |e| e["event"] == "contact_request");
+    bob_watch.expect_none("queued contact request", Duration::from_secs(2), |e| {
+        e["event"] == "contact_request"
+    });
     assert!(bob.contacts().is_empty());
 
     // Sending before being contacts is refused at once.
@@ -104,7 +128,9 @@ fn contacts_presence_and_messages() {
     // Request while online reaches Bob in real time.
     let mut alice_watch = alice.watch();
     alice.run(&["contacts", "add", BOB]).ok();
-    let ev = bob_watch.expect("contact request", Duration::from_secs(10), |e| e["event"] == "contact_request");
+    let ev = bob_watch.expect("contact request", Duration::from_secs(10), |e| {
+        e["event"] == "contact_request"
+    });
     assert_eq!(ev["from"], ALICE);
     bob.run(&["contacts", "accept", ALICE]).ok();
     alice_watch.expect("bob online", Duration::from_secs(10), |e| {
@@ -113,7 +139,8 @@ fn contacts_presence_and_messages() {
     assert_eq!(alice.state_of(BOB).as_deref(), Some("online"));
 
     // Presence is pushed.
-    bob.run(&["status", "set", "away", "--message", "at lunch"]).ok();
+    bob.run(&["status", "set", "away", "--message", "at lunch"])
+        .ok();
     let ev = alice_watch.expect("bob away", Duration::from_secs(10), |e| {
         e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "away"
     });
@@ -124,22 +151,34 @@ fn contacts_presence_and_messages() {
     let r = alice.run(&["send", BOB, "hello", "bob"]);
     r.ok();
     assert!(r.stdout.contains("delivered to bob@example.com"));
-    let ev = bob_watch.expect("message", Duration::from_secs(5), |e| e["event"] == "message");
+    let ev = bob_watch.expect("message", Duration::from_secs(5), |e| {
+        e["event"] == "message"
+    });
     assert_eq!(ev["from"], ALICE);
     assert_eq!(ev["body"], "hello bob");
     // And back, on the same connection.
     bob.run(&["send", ALICE, "hi alice"]).ok();
-    alice_watch.expect("reply", Duration::from_secs(5), |e| e["event"] == "message" && e["body"] == "hi alice");
+    alice_watch.expect("reply", Duration::from_secs(5), |e| {
+        e["event"] == "message" && e["body"] == "hi alice"
+    });
 
     // Busy refuses with do-not-disturb; invisible looks offline.
     bob.run(&["status", "set", "busy"]).ok();
-    alice_watch.expect("bob busy", Duration::from_secs(10), |e| e["event"] == "presence" && e["state"] == "busy");
+    alice_watch.expect("bob busy", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["state"] == "busy"
+    });
     alice.run(&["send", BOB, "psst"]).fails_with(14, "busy");
     bob.run(&["status", "set", "invisible"]).ok();
-    alice_watch.expect("bob invisible", Duration::from_secs(10), |e| e["event"] == "presence" && e["state"] == "offline");
+    alice_watch.expect("bob invisible", Duration::from_secs(10), |e| {
+        e["event"] == "presence" && e["state"] == "offline"
+    });
     let r = alice.run(&["send", BOB, "are you there"]);
     r.fails_with(10, "offline");
-    assert!(r.elapsed < Duration::from_secs(2), "offline refusal took {:?}", r.elapsed);
+    assert!(
+        r.elapsed < Duration::from_secs(2),
+        "offline refusal took {:?}",
+        r.elapsed
+    );
     bob.run(&["status", "set", "online"]).ok();
     alice_watch.expect("bob back", Duration::from_secs(10), |e| {
         e["event"] == "presence" && e["state"] == "online" && e["identifier"] == BOB
@@ -154,21 +193,30 @@ fn contacts_presence_and_messages() {
     });
     let r = alice.run(&["send", BOB, "this must never arrive"]);
     r.fails_with(10, "offline");
-    assert!(r.elapsed < Duration::from_secs(2), "offline refusal took {:?}", r.elapsed);
+    assert!(
+        r.elapsed < Duration::from_secs(2),
+        "offline refusal took {:?}",
+        r.elapsed
+    );
     bob.up();
     let mut bob_watch = bob.watch();
     alice_watch.expect("bob online again", Duration::from_secs(10), |e| {
         e["event"] == "presence" && e["identifier"] == BOB && e["state"] == "online"
     });
-    bob_watch.expect_none("late delivery", Duration::from_secs(3), |e| e["event"] == "message");
+    bob_watch.expect_none("late delivery", Duration::from_secs(3), |e| {
+        e["event"] == "message"
+    });
 
     // Blocked: refused at once with its own code.
     alice.run(&["contacts", "block", BOB]).ok();
     let r = alice.run(&["send", BOB, "x"]);
     r.fails_with(13, "blocked");
     // Bob lost the contact and sees Alice as a non-contact.
-    wait_until(Duration::from_secs(5), "bob to lose alice", || bob.state_of(ALICE).is_none());
-    bob.run(&["send", ALICE, "x"]).fails_with(12, "not your contact");
+    wait_until(Duration::from_secs(5), "bob to lose alice", || {
+        bob.state_of(ALICE).is_none()
+    });
+    bob.run(&["send", ALICE, "x"])
+        .fails_with(12, "not your contact");
 }
 
 #[test]
@@ -197,7 +245,12 @@ fn unreachable_device_is_refused_within_ten_seconds() {
     bob.signal(libc::SIGSTOP);
     let r = alice.run(&["send", BOB, "hello?"]);
     bob.signal(libc::SIGCONT);
-    assert!(r.code == 11 || r.code == 10, "expected unreachable (or offline), got {}: {}", r.code, r.stderr);
+    assert!(
+        r.code == 11 || r.code == 10,
+        "expected unreachable (or offline), got {}: {}",
+        r.code,
+        r.stderr
+    );
     assert!(r.elapsed < Duration::from_secs(10), "took {:?}", r.elapsed);
 }
 
@@ -213,14 +266,18 @@ fn key_change_is_refused_with_a_warning() {
     // Someone (or the directory) binds bob's identifier to a different key.
     let mallory = Person::registered(&dir, BOB);
     mallory.up();
-    w.expect("key change warning", Duration::from_secs(10), |e| e["event"] == "key_changed" && e["identifier"] == BOB);
+    w.expect("key change warning", Duration::from_secs(10), |e| {
+        e["event"] == "key_changed" && e["identifier"] == BOB
+    });
     let r = alice.run(&["send", BOB, "secret"]);
     r.fails_with(16, "WARNING");
     let list = alice.run(&["contacts", "list"]).ok().stdout.clone();
     assert!(list.contains("KEY CHANGED"), "{list}");
 
     // Mallory's device cannot talk to Alice either.
-    mallory.run(&["send", ALICE, "hi, it's bob"]).fails_with(17, "refused");
+    mallory
+        .run(&["send", ALICE, "hi, it's bob"])
+        .fails_with(17, "refused");
 
     // After checking in person, Alice can trust the new key.
     alice.run(&["contacts", "trust", BOB]).ok();
@@ -238,7 +295,9 @@ fn directory_restart_keeps_registrations_and_agents_reconnect() {
         alice.run(&["status", "--json"]).json()["directory_connected"] == false
     });
     dir.restart();
-    wait_until(Duration::from_secs(20), "bob online again", || alice.state_of(BOB).as_deref() == Some("online"));
+    wait_until(Duration::from_secs(20), "bob online again", || {
+        alice.state_of(BOB).as_deref() == Some("online")
+    });
     alice.run(&["send", BOB, "after restart"]).ok();
 }
 
@@ -255,9 +314,13 @@ fn phone_numbers_and_three_people() {
     let mut w = carol.watch();
     alice.run(&["send", CAROL, "from alice"]).ok();
     bob.run(&["send", "+1 415 555 0100", "from bob"]).ok();
-    w.expect("alice's", Duration::from_secs(5), |e| e["body"] == "from alice");
+    w.expect("alice's", Duration::from_secs(5), |e| {
+        e["body"] == "from alice"
+    });
     w.expect("bob's", Duration::from_secs(5), |e| e["body"] == "from bob");
-    alice.run(&["send", BOB, "x"]).fails_with(12, "not your contact");
+    alice
+        .run(&["send", BOB, "x"])
+        .fails_with(12, "not your contact");
 }
 
 #[test]
@@ -270,10 +333,16 @@ fn agent_lifecycle_and_cli_errors() {
     // A second agent for the same home is refused.
     let r = alice.run(&["up", "--bind", "127.0.0.1:0", "--no-portmapper"]);
     r.fails_with(1, "already running");
-    alice.run(&["status", "set", "sleepy"]).fails_with(2, "unknown state");
-    alice.run(&["send", "nobody@example.com", "x"]).fails_with(2, "no one is registered");
+    alice
+        .run(&["status", "set", "sleepy"])
+        .fails_with(2, "unknown state");
+    alice
+        .run(&["send", "nobody@example.com", "x"])
+        .fails_with(2, "no one is registered");
     alice.run(&["down"]).ok();
     assert!(!alice.home.join("agent.sock").exists());
     let unregistered = Person::new(BOB);
-    unregistered.run(&["up", "--no-portmapper"]).fails_with(1, "not registered");
+    unregistered
+        .run(&["up", "--no-portmapper"])
+        .fails_with(1, "not registered");
 }

@@ -148,6 +148,9 @@ impl CloseCode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 #[non_exhaustive]
+// Values are built, sent and dropped one at a time, never kept in bulk: boxing the large
+// variant would cost an allocation per frame for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum Frame {
     /// Identification; first frame of a connection, each way.
     Hello(Hello),

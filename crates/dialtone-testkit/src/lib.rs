@@ -20,13 +20,19 @@ use serde_json::Value;
 
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("DIALTONE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // target/<profile>/deps/<test-exe> → target/<profile>; a binary such as the benchmark
-        // lives in target/<profile> itself.
-        let exe = std::env::current_exe().unwrap();
-        let here = exe.parent().unwrap();
-        if here.join(name).exists() { here.to_path_buf() } else { here.parent().unwrap().to_path_buf() }
-    });
+    let dir = std::env::var_os("DIALTONE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/<profile>/deps/<test-exe> → target/<profile>; a binary such as the benchmark
+            // lives in target/<profile> itself.
+            let exe = std::env::current_exe().unwrap();
+            let here = exe.parent().unwrap();
+            if here.join(name).exists() {
+                here.to_path_buf()
+            } else {
+                here.parent().unwrap().to_path_buf()
+            }
+        });
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -62,7 +68,15 @@ impl Directory {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, url) = spawn_directory("127.0.0.1:0", &data, &outbox, &extra);
         let addr = url.split("://").nth(1).unwrap().to_owned();
-        Self { child: Some(child), url, addr, data, outbox, _tmp: Some(tmp), extra }
+        Self {
+            child: Some(child),
+            url,
+            addr,
+            data,
+            outbox,
+            _tmp: Some(tmp),
+            extra,
+        }
     }
 
     /// The code last sent to `identifier`.
@@ -70,10 +84,10 @@ impl Directory {
         let path = self.outbox.join(identifier);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                if !s.trim().is_empty() {
-                    return s.trim().to_owned();
-                }
+            if let Ok(s) = std::fs::read_to_string(&path)
+                && !s.trim().is_empty()
+            {
+                return s.trim().to_owned();
             }
             assert!(Instant::now() < deadline, "no code in {}", path.display());
             std::thread::sleep(Duration::from_millis(20));
@@ -123,7 +137,12 @@ fn spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -
     try_spawn_directory(listen, data, outbox, extra).unwrap_or_else(|e| panic!("directory: {e}"))
 }
 
-fn try_spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -> Result<(Child, String), String> {
+fn try_spawn_directory(
+    listen: &str,
+    data: &Path,
+    outbox: &Path,
+    extra: &[String],
+) -> Result<(Child, String), String> {
     let mut child = Command::new(bin("dialtone-directory"))
         .args(["--listen", listen])
         .arg("--data")
@@ -147,13 +166,17 @@ fn try_spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(line) => {
-            let url = line.strip_prefix("listening on ").ok_or_else(|| format!("unexpected first line {line:?}"))?;
+            let url = line
+                .strip_prefix("listening on ")
+                .ok_or_else(|| format!("unexpected first line {line:?}"))?;
             Ok((child, url.trim().to_owned()))
         }
         Err(_) => {
             let _ = child.kill();
             let status = child.wait().ok();
-            Err(format!("directory did not print its address (exit {status:?})"))
+            Err(format!(
+                "directory did not print its address (exit {status:?})"
+            ))
         }
     }
 }
@@ -179,13 +202,21 @@ impl Run {
 
     #[track_caller]
     pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
-        assert_eq!(self.code, code, "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         assert!(
             self.stderr.contains(needle) || self.stdout.contains(needle),
             "expected {needle:?} in output:\nstdout: {}\nstderr: {}",
@@ -196,7 +227,8 @@ impl Run {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -213,8 +245,13 @@ impl Person {
     pub fn new(identifier: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
-        let p = Self { identifier: identifier.to_owned(), home, _tmp: tmp };
-        p.run(&["id", "new", "--no-passphrase", "--name", "test-device"]).ok();
+        let p = Self {
+            identifier: identifier.to_owned(),
+            home,
+            _tmp: tmp,
+        };
+        p.run(&["id", "new", "--no-passphrase", "--name", "test-device"])
+            .ok();
         p
     }
 
@@ -222,8 +259,13 @@ impl Person {
     pub fn new_with_passphrase_file(identifier: &str, file: &Path) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
-        let p = Self { identifier: identifier.to_owned(), home, _tmp: tmp };
-        p.run(&["id", "new", "--passphrase-file", file.to_str().unwrap()]).ok();
+        let p = Self {
+            identifier: identifier.to_owned(),
+            home,
+            _tmp: tmp,
+        };
+        p.run(&["id", "new", "--passphrase-file", file.to_str().unwrap()])
+            .ok();
         p
     }
 
@@ -242,7 +284,8 @@ impl Person {
     }
 
     pub fn register(&self, dir: &Directory) {
-        self.run(&["register", &self.identifier, "--directory", &dir.url]).ok();
+        self.run(&["register", &self.identifier, "--directory", &dir.url])
+            .ok();
         let code = dir.code_for(&self.identifier);
         self.run(&["verify", &code]).ok();
     }
@@ -255,24 +298,45 @@ impl Person {
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let started = Instant::now();
         let mut cmd = Command::new(bin("dialtone"));
-        cmd.arg("--home").arg(&self.home).args(args).stdin(Stdio::null());
-        cmd.env_remove("DIALTONE_PASSPHRASE").env_remove("DIALTONE_HOME");
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.env_remove("DIALTONE_PASSPHRASE")
+            .env_remove("DIALTONE_HOME");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let out = wait_output(child, Duration::from_secs(60));
         Run::from(out, started.elapsed())
     }
 
     /// Starts the agent in the background on loopback.
     pub fn up(&self) {
-        self.run(&["up", "--detach", "--bind", "127.0.0.1:0", "--bind", "[::1]:0", "--no-portmapper"]).ok();
+        self.run(&[
+            "up",
+            "--detach",
+            "--bind",
+            "127.0.0.1:0",
+            "--bind",
+            "[::1]:0",
+            "--no-portmapper",
+        ])
+        .ok();
     }
 
     /// The agent's pid (from `agent.pid`).
     pub fn agent_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.home.join("agent.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.home.join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Sends a signal to the agent.
@@ -286,7 +350,11 @@ impl Person {
     pub fn kill9(&self) {
         let pid = self.agent_pid().expect("agent is not running");
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        wait_until(Duration::from_secs(10), "agent to die", || unsafe { libc::kill(pid, 0) } != 0);
+        wait_until(
+            Duration::from_secs(10),
+            "agent to die",
+            || unsafe { libc::kill(pid, 0) } != 0,
+        );
         let _ = std::fs::remove_file(self.home.join("agent.pid"));
     }
 
@@ -306,23 +374,34 @@ impl Person {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
             }
         });
-        let mut w = Watch { child, rx, seen: Vec::new() };
+        let mut w = Watch {
+            child,
+            rx,
+            seen: Vec::new(),
+        };
         // `watch --json` prints {"event":"watching"} once it is subscribed.
-        w.expect("watch to subscribe", Duration::from_secs(10), |e| e["event"] == "watching");
+        w.expect("watch to subscribe", Duration::from_secs(10), |e| {
+            e["event"] == "watching"
+        });
         w.seen.clear();
         w
     }
 
     /// `contacts list --json`, as (identifier → entry).
     pub fn contacts(&self) -> Vec<Value> {
-        self.run(&["contacts", "list", "--json"]).ok().json().as_array().cloned().unwrap_or_default()
+        self.run(&["contacts", "list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The state of `who` in our contact list (`None` if not listed).
@@ -378,7 +457,12 @@ pub struct Watch {
 impl Watch {
     /// Waits for an event matching `pred` (events before it are kept in `seen`).
     #[track_caller]
-    pub fn expect(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn expect(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
@@ -401,10 +485,17 @@ impl Watch {
     #[track_caller]
     pub fn expect_none(&mut self, what: &str, window: Duration, pred: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + window;
-        while let Ok(v) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(v) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             self.seen.push(v);
         }
-        assert!(!self.seen.iter().any(&pred), "unexpected {what}: {:#?}", self.seen);
+        assert!(
+            !self.seen.iter().any(&pred),
+            "unexpected {what}: {:#?}",
+            self.seen
+        );
     }
 }
 
@@ -420,7 +511,10 @@ impl Drop for Watch {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -434,7 +528,10 @@ fn wait_output(mut child: Child, timeout: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("command timed out after {timeout:?}: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "command timed out after {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
