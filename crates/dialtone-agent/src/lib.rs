@@ -255,6 +255,8 @@ pub struct StatusView {
     pub directory: String,
     /// Open peer connections.
     pub connections: usize,
+    /// Where this device's peer endpoint listens (as published to the directory).
+    pub endpoint: dialtone_proto::directory::EndpointInfo,
     /// Agent version.
     pub version: &'static str,
 }
@@ -619,6 +621,7 @@ impl AgentHandle {
             directory_connected: *self.inner.connected.borrow(),
             directory: self.inner.dir.base().to_owned(),
             connections: st.conns.len(),
+            endpoint: dialtone_net::local_endpoint_info(&self.inner.endpoint),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
