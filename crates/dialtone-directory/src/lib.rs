@@ -1,1 +1,285 @@
-//! placeholder
+//! Dialtone's directory: a phone book with a presence light, not a post office.
+//!
+//! It binds identifiers (email addresses, phone numbers) to identity keys after proof of
+//! control, keeps one WebSocket session per online device (the session *is* presence), tells
+//! accepted contacts — and only them — who is online and at which addresses, relays contact
+//! requests live, and answers public key lookups (`/v1/lookup`, WebFinger).
+//!
+//! It is **not** a message store: it never sees message content, and nothing it pushes is
+//! kept for a device that is not connected.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = dialtone_directory::Config::default();
+//! config.listen = "127.0.0.1:0".parse()?;
+//! config.verify_outbox = Some("outbox".into());
+//! let server = dialtone_directory::Server::bind(config).await?;
+//! println!("listening on {}", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod channel;
+pub mod config;
+mod http;
+mod sessions;
+mod store;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use dialtone_proto::{Identifier, rules::RateLimiter};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub use channel::{OutboxChannel, VerificationChannel};
+pub use config::Config;
+pub use store::StoreError;
+
+/// Why the directory could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// Plain HTTP was requested on an address that is not loopback.
+    #[error(
+        "refusing plain HTTP on {0}, which is not a loopback address: configure TLS (--tls-cert/--tls-key) \
+         or pass --insecure-http if you really mean it"
+    )]
+    InsecureHttp(SocketAddr),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+}
+
+type Limiter<K> = Mutex<RateLimiter<K>>;
+
+#[derive(Debug)]
+pub(crate) struct Limits {
+    register_id: Limiter<Identifier>,
+    register_ip: Limiter<IpAddr>,
+    register_global: Limiter<()>,
+    confirm_ip: Limiter<IpAddr>,
+    requests_ip: Limiter<IpAddr>,
+}
+
+/// Shared state of the running server.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    config: Config,
+    store: store::Store,
+    channel: Option<Arc<dyn VerificationChannel>>,
+    sessions: sessions::Sessions,
+    limits: Limits,
+    public_url: String,
+}
+
+/// A running directory.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    url: String,
+    state: Arc<AppState>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving.
+    ///
+    /// Verification codes go through the outbox if `config.verify_outbox` is set; use
+    /// [`Server::bind_with_channel`] for another channel.
+    pub async fn bind(config: Config) -> Result<Self, BindError> {
+        let channel: Option<Arc<dyn VerificationChannel>> = config
+            .verify_outbox
+            .clone()
+            .map(|d| Arc::new(OutboxChannel::new(d)) as Arc<dyn VerificationChannel>);
+        Self::bind_with_channel(config, channel).await
+    }
+
+    /// Like [`Server::bind`], with an explicit verification channel.
+    pub async fn bind_with_channel(
+        config: Config,
+        channel: Option<Arc<dyn VerificationChannel>>,
+    ) -> Result<Self, BindError> {
+        let tls = match &config.tls {
+            Some(t) => Some(tls_acceptor(t)?),
+            None => {
+                if !config.listen.ip().is_loopback() && !config.insecure_http {
+                    return Err(BindError::InsecureHttp(config.listen));
+                }
+                None
+            }
+        };
+        let store = store::Store::open(&config.data_dir)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BindError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| BindError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{local_addr}");
+        let l = &config.limits;
+        let limits = Limits {
+            register_id: Mutex::new(RateLimiter::new(l.register_per_identifier.rule())),
+            register_ip: Mutex::new(RateLimiter::new(l.register_per_ip.rule())),
+            register_global: Mutex::new(RateLimiter::new(l.register_global.rule())),
+            confirm_ip: Mutex::new(RateLimiter::new(l.confirm_per_ip.rule())),
+            requests_ip: Mutex::new(RateLimiter::new(l.requests_per_ip.rule())),
+        };
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| url.clone())
+            .trim_end_matches('/')
+            .to_owned();
+        let state = Arc::new(AppState {
+            config,
+            store,
+            channel,
+            sessions: sessions::Sessions::default(),
+            limits,
+            public_url,
+        });
+        let cancel = CancellationToken::new();
+        let router = http::router(state.clone());
+        let task = tokio::spawn(accept_loop(listener, router, tls, cancel.clone()));
+        info!(%url, "directory listening");
+        Ok(Self {
+            local_addr,
+            url,
+            state,
+            cancel,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT` or `https://…`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Number of open sessions (online devices).
+    pub fn sessions(&self) -> usize {
+        self.state.sessions.count()
+    }
+
+    /// Stops accepting, closes every session, and waits for the accept loop.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.state.sessions.shutdown.cancel();
+        let _ = self.task.await;
+        // Give sessions a moment to send their close frames.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        info!("directory stopped");
+    }
+
+    /// Waits until the server stops (it stops only through [`Server::shutdown`]).
+    pub async fn join(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, BindError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| BindError::Tls(format!("{}: {e}", t.cert.display())))?;
+    if certs.is_empty() {
+        return Err(BindError::Tls(format!(
+            "{}: no certificate",
+            t.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| BindError::Tls(format!("{}: {e}", t.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BindError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| BindError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = router
+            .clone()
+            .layer(axum::Extension(http::ClientAddr(peer)));
+        let tls = tls.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(s)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                    tokio::select! { r = conn => r, _ = cancel.cancelled() => Ok(()) }
+                }
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! { r = conn => r, _ = cancel.cancelled() => Ok(()) }
+                }
+            };
+            if let Err(e) = result {
+                debug!("connection ended: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,198 @@
+//! The directory's configuration: a TOML file (`--config`), overridden by command-line flags.
+//!
+//! Defaults are for local development: loopback, plain HTTP, the file outbox for codes, and
+//! rate limits that a single person never meets. `config.example.toml` documents every key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:4100`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory for durable state (`directory.sqlite3`). Default `./dialtone-directory-data`.
+    pub data_dir: PathBuf,
+    /// Write verification codes to files in this directory (demos and tests). Default: none.
+    pub verify_outbox: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key. Default: none (plain HTTP, loopback only).
+    pub tls: Option<TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address (dangerous: keys and codes in clear).
+    /// Default false.
+    pub insecure_http: bool,
+    /// The base URL agents use, if it differs from the listen address (behind a proxy).
+    /// Default: derived from `listen`.
+    pub public_url: Option<String>,
+    /// Sessions: heartbeat and timeouts.
+    pub session: SessionConfig,
+    /// Verification codes.
+    pub verification: VerificationConfig,
+    /// Rate limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4100)),
+            data_dir: PathBuf::from("dialtone-directory-data"),
+            verify_outbox: None,
+            tls: None,
+            insecure_http: false,
+            public_url: None,
+            session: SessionConfig::default(),
+            verification: VerificationConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Session timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Interval between WebSocket pings. Default 2 s. Shorter finds dead agents sooner at the
+    /// cost of a few bytes per session per interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A session with no frame and no pong for this long is closed and its device is offline.
+    /// Default 6 s (an agent killed with SIGKILL behind a dead link shows offline within 10 s).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Lifetime of a session challenge. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub challenge_ttl: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(2),
+            timeout: Duration::from_secs(6),
+            challenge_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Verification codes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// How long a code stays valid. Default 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    /// Wrong codes allowed before the attempt is void. Default 5.
+    pub max_attempts: u32,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl: Duration::from_secs(600),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// One rate limit: `burst` requests at once, one more every `every`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Time to regain one request.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Limit {
+    const fn new(burst: u32, secs: u64) -> Self {
+        Self {
+            burst,
+            every: Duration::from_secs(secs),
+        }
+    }
+
+    pub(crate) fn rule(self) -> dialtone_proto::rules::RateRule {
+        dialtone_proto::rules::RateRule::new(self.burst, self.every)
+    }
+}
+
+/// Rate limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Registrations (codes sent) per identifier. Default 3, then one per minute.
+    pub register_per_identifier: Limit,
+    /// Registrations per client IP. Default 20, then one per 10 s.
+    pub register_per_ip: Limit,
+    /// Registrations overall. Default 200, then 20 per second.
+    pub register_global: Limit,
+    /// Code confirmations per client IP. Default 30, then one per 2 s.
+    pub confirm_per_ip: Limit,
+    /// Session challenges and public lookups per client IP. Default 200, then 50 per second.
+    pub requests_per_ip: Limit,
+    /// Lookups and contact requests per session. Default 100, then 20 per second.
+    pub session_requests: Limit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            register_per_identifier: Limit::new(3, 60),
+            register_per_ip: Limit::new(20, 10),
+            register_global: Limit {
+                burst: 200,
+                every: Duration::from_millis(50),
+            },
+            confirm_per_ip: Limit::new(30, 2),
+            requests_per_ip: Limit {
+                burst: 200,
+                every: Duration::from_millis(20),
+            },
+            session_requests: Limit {
+                burst: 100,
+                every: Duration::from_millis(50),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration.
+    pub fn from_toml(s: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let s = include_str!("../config.example.toml");
+        let c = Config::from_toml(s).unwrap();
+        assert_eq!(c.session.heartbeat, Duration::from_secs(2));
+        assert!(c.tls.is_some());
+        assert_eq!(c.limits.register_per_identifier.burst, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::from_toml("listn = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -1,0 +1,551 @@
+//! HTTP routes: registration, session challenges, public lookups, WebFinger, info.
+//! Every error is a JSON [`ErrorBody`] with a 4xx status (5xx only for our own faults).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Extension, Json, Router,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use dialtone_proto::{
+    Identifier,
+    directory::{
+        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, MAX_BODY_LEN,
+        MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart, RegisterStarted,
+        Registered,
+    },
+    keys::{register_confirm_transcript, register_start_transcript},
+    rules::{CODE_DIGITS, clean_code, codes_equal},
+};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::{
+    AppState,
+    store::{Pending, StoreError, q},
+};
+
+/// The client's address, set per connection by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, message),
+        }
+    }
+
+    fn limited(what: &str, wait: Duration) -> Self {
+        let secs = wait.as_secs().max(1);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("too many {what}; try again in {secs} s"),
+        );
+        e.body.retry_after_secs = Some(secs);
+        e
+    }
+
+    pub(crate) fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        warn!("store error: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "the directory failed; try again later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let retry = self.body.retry_after_secs;
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = retry
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// JSON body extractor whose rejections are JSON errors.
+#[derive(Debug)]
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    match e {
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("request body is larger than {MAX_BODY_LEN} bytes"),
+            )
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadJson,
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            e.body_text(),
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, e.body_text())
+        }
+        other => ApiError::new(other.status(), ErrorCode::BadRequest, other.body_text()),
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The routes.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/register/start", post(register_start))
+        .route("/v1/register/confirm", post(register_confirm))
+        .route("/v1/session/challenge", post(challenge))
+        .route("/v1/session", get(crate::sessions::upgrade))
+        .route("/v1/lookup/{identifier}", get(lookup))
+        .route("/.well-known/webfinger", get(webfinger))
+        .route("/v1/info", get(info_route))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such endpoint; see docs/directory-api.md",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_LEN))
+        .with_state(state)
+}
+
+fn ip_of(addr: &ClientAddr) -> IpAddr {
+    addr.0.ip()
+}
+
+fn check(
+    limiter: &std::sync::Mutex<dialtone_proto::rules::RateLimiter<IpAddr>>,
+    ip: IpAddr,
+    what: &str,
+) -> Result<(), ApiError> {
+    let mut l = limiter
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    if l.len() > 100_000 {
+        l.prune(now);
+    }
+    l.check(&ip, now).map_err(|w| ApiError::limited(what, w))
+}
+
+async fn register_start(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Body(req): Body<RegisterStart>,
+) -> Result<Response, ApiError> {
+    if req.device_cert.identity_key != req.identity_key || req.device_cert.verify().is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCertificate,
+            "the device certificate is not signed by this identity key",
+        ));
+    }
+    let now = now_secs();
+    if req.timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::StaleTimestamp,
+            "the request's timestamp is too far from the directory's clock; check your clock",
+        ));
+    }
+    let transcript = register_start_transcript(
+        &req.identifier,
+        &req.identity_key,
+        &req.device_cert,
+        req.timestamp,
+    );
+    if req
+        .identity_key
+        .verify(&transcript, &req.signature)
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::BadSignature,
+            "the signature does not verify",
+        ));
+    }
+    {
+        let now = Instant::now();
+        let mut by_id = st
+            .limits
+            .register_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if by_id.len() > 100_000 {
+            by_id.prune(now);
+        }
+        by_id
+            .check(&req.identifier, now)
+            .map_err(|w| ApiError::limited("registrations for this identifier", w))?;
+    }
+    check(
+        &st.limits.register_ip,
+        ip_of(&addr),
+        "registrations from your address",
+    )?;
+    {
+        let mut g = st
+            .limits
+            .register_global
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.check(&(), Instant::now())
+            .map_err(|w| ApiError::limited("registrations right now", w))?;
+    }
+    let Some(channel) = st.channel.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::DeliveryFailed,
+            "this directory has no way to send verification codes; its operator must configure a channel",
+        ));
+    };
+    let code = new_code();
+    let ttl = st.config.verification.code_ttl;
+    let pending = Pending {
+        identity_key: req.identity_key,
+        device_cert: req.device_cert.clone(),
+        code: code.clone(),
+        expires_at: now + ttl.as_secs(),
+        attempts: 0,
+    };
+    let id = req.identifier.clone();
+    st.store
+        .run(move |c| q::put_pending(c, &id, &pending))
+        .await?;
+    channel.send(&req.identifier, &code).await.map_err(|e| {
+        warn!("verification channel failed: {e}");
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::DeliveryFailed,
+            "the verification code could not be sent; try again later",
+        )
+    })?;
+    info!(channel = channel.name(), "verification code sent");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RegisterStarted {
+            channel: channel.name().to_owned(),
+            expires_in_secs: ttl.as_secs(),
+        }),
+    )
+        .into_response())
+}
+
+fn new_code() -> String {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes[..]);
+    let n = u64::from_le_bytes(bytes) % 10u64.pow(CODE_DIGITS as u32);
+    format!("{n:0width$}", width = CODE_DIGITS)
+}
+
+async fn register_confirm(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Body(req): Body<RegisterConfirm>,
+) -> Result<Json<Registered>, ApiError> {
+    check(
+        &st.limits.confirm_ip,
+        ip_of(&addr),
+        "attempts from your address",
+    )?;
+    let transcript = register_confirm_transcript(&req.identifier, &req.code, &req.identity_key);
+    if req
+        .identity_key
+        .verify(&transcript, &req.signature)
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::BadSignature,
+            "the signature does not verify",
+        ));
+    }
+    let id = req.identifier.clone();
+    let pending = st.store.run(move |c| q::pending(c, &id)).await?;
+    let Some(p) = pending.filter(|p| p.identity_key == req.identity_key) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoPendingVerification,
+            "no verification is pending for this identifier and key; run `dialtone register` first",
+        ));
+    };
+    if now_secs() > p.expires_at {
+        let id = req.identifier.clone();
+        st.store.run(move |c| q::delete_pending(c, &id)).await?;
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            ErrorCode::CodeExpired,
+            "the code expired; register again for a new one",
+        ));
+    }
+    let max = st.config.verification.max_attempts;
+    if p.attempts >= max {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyAttempts,
+            "too many wrong codes; register again",
+        ));
+    }
+    let good = clean_code(&req.code).is_some_and(|c| codes_equal(&c, &p.code));
+    if !good {
+        let id = req.identifier.clone();
+        let left = max.saturating_sub(p.attempts + 1);
+        st.store
+            .run(move |c| {
+                if left == 0 {
+                    q::delete_pending(c, &id)
+                } else {
+                    q::bump_attempts(c, &id)
+                }
+            })
+            .await?;
+        if left == 0 {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyAttempts,
+                "wrong code, and too many wrong codes: register again for a new code",
+            ));
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::WrongCode,
+            format!(
+                "wrong code; {left} attempt{} left",
+                if left == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    let (id, key, cert) = (
+        req.identifier.clone(),
+        req.identity_key,
+        p.device_cert.clone(),
+    );
+    let now = now_secs();
+    let (replaced, removed) = st
+        .store
+        .run(move |c| q::bind(c, &id, &key, &cert, now))
+        .await?;
+    info!(replaced, "identifier bound");
+    if replaced {
+        st.sessions
+            .key_replaced(&st, &req.identifier, &removed)
+            .await;
+    }
+    Ok(Json(Registered {
+        identifier: req.identifier,
+        identity_key: req.identity_key,
+        device_id: p.device_cert.device_id,
+        replaced_key: replaced,
+    }))
+}
+
+async fn challenge(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Body(req): Body<ChallengeRequest>,
+) -> Result<Json<Challenge>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let device = req.device_id;
+    if st
+        .store
+        .run(move |c| q::device(c, &device))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownDevice,
+            "this device is not registered here; run `dialtone register` and `dialtone verify`",
+        ));
+    }
+    let challenge = st
+        .sessions
+        .new_challenge(req.device_id, st.config.session.challenge_ttl);
+    Ok(Json(Challenge {
+        challenge: hex::encode(challenge),
+        expires_in_secs: st.config.session.challenge_ttl.as_secs(),
+    }))
+}
+
+fn parse_identifier(raw: &str) -> Result<Identifier, ApiError> {
+    Identifier::parse(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidIdentifier,
+            e.to_string(),
+        )
+    })
+}
+
+fn not_registered(id: &Identifier) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no one is registered as {id}"),
+    )
+}
+
+async fn lookup(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Path(raw): Path<String>,
+) -> Result<Json<PublicRecord>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let id = parse_identifier(&raw)?;
+    let id2 = id.clone();
+    let found = st
+        .store
+        .run(move |c| Ok(q::account(c, &id2)?.map(|a| (a, q::devices(c, &id2)))))
+        .await?;
+    let Some((account, devices)) = found else {
+        return Err(not_registered(&id));
+    };
+    Ok(Json(PublicRecord {
+        identifier: account.identifier,
+        identity_key: account.identity_key,
+        devices: devices?,
+    }))
+}
+
+#[derive(Deserialize)]
+struct WebfingerQuery {
+    resource: Option<String>,
+}
+
+async fn webfinger(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    query: Result<Query<WebfingerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let resource = query.ok().and_then(|q| q.0.resource).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "missing ?resource=acct:user@host (RFC 7033)",
+        )
+    })?;
+    let lower = resource.to_ascii_lowercase();
+    if !(lower.starts_with("acct:") || lower.starts_with("mailto:") || lower.starts_with("tel:")) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidIdentifier,
+            "resource must be an acct:, mailto: or tel: URI",
+        ));
+    }
+    let id = parse_identifier(&resource)?;
+    let id2 = id.clone();
+    let Some(account) = st.store.run(move |c| q::account(c, &id2)).await? else {
+        return Err(not_registered(&id));
+    };
+    let subject = match id.kind() {
+        dialtone_proto::ids::IdentifierKind::Email => format!("acct:{id}"),
+        dialtone_proto::ids::IdentifierKind::Phone => format!("tel:{id}"),
+    };
+    let jrd = serde_json::json!({
+        "subject": subject,
+        "properties": {
+            "https://dialtone.im/ns/identity-key": account.identity_key.to_string(),
+            "https://dialtone.im/ns/fingerprint": account.identity_key.fingerprint().to_string(),
+        },
+        "links": [{
+            "rel": "https://dialtone.im/rel/directory",
+            "type": "application/json",
+            "href": format!("{}/v1/lookup/{}", st.public_url, id),
+        }],
+    });
+    let mut resp = Json(jrd).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jrd+json"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    Ok(resp)
+}
+
+async fn info_route(State(st): State<Arc<AppState>>) -> Json<DirectoryInfo> {
+    Json(DirectoryInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: 1,
+        relay_url: None,
+        heartbeat_secs: st.config.session.heartbeat.as_secs().max(1),
+    })
+}

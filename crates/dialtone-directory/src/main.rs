@@ -1,0 +1,108 @@
+//! `dialtone-directory`: the directory server. Prints `listening on URL` once bound.
+//!
+//! Exit codes: 0 clean stop (SIGINT/SIGTERM); 1 runtime failure; 2 bad configuration.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use dialtone_directory::{Config, Server, config::TlsConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dialtone-directory",
+    version,
+    about = "Dialtone's directory: identities, presence, contacts"
+)]
+struct Args {
+    /// TOML configuration file (see config.example.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for durable state.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Write verification codes to files in this directory (demos and tests).
+    #[arg(long)]
+    verify_outbox: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (never in production).
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dialtone_directory=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Config::from_toml(&s).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("dialtone-directory: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data {
+        config.data_dir = d;
+    }
+    if let Some(o) = args.verify_outbox {
+        config.verify_outbox = Some(o);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsConfig { cert, key });
+    }
+    config.insecure_http |= args.insecure_http;
+
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dialtone-directory: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("dialtone-directory: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        println!("listening on {}", server.url());
+        let _ = std::io::stdout().flush();
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("dialtone-directory: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,716 @@
+//! WebSocket sessions: the live presence of devices, kept only in memory.
+//!
+//! A device is online exactly while its session is open. Every change (publish, close,
+//! timeout) is pushed at once to the online devices of the person's accepted contacts. A push
+//! to a device that is not connected is dropped; a device whose queue is full is disconnected
+//! rather than buffered for.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Extension,
+    extract::{
+        Query, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::StatusCode,
+    response::Response,
+};
+use dialtone_proto::{
+    DeviceCertificate, DeviceId, Identifier,
+    directory::{
+        ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode, MAX_ADDRS,
+        MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState, PresenceView, Relation, Reply,
+        Request, ServerFrame,
+    },
+    keys::{Signature, session_transcript},
+    rules::{RateLimiter, aggregate_presence},
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{
+    AppState,
+    http::{ApiError, ClientAddr, now_secs},
+    store::{Account, q},
+};
+
+/// Frames queued for one device before it counts as stuck and is disconnected.
+const PUSH_QUEUE: usize = 256;
+
+#[derive(Debug)]
+struct DeviceSession {
+    id: u64,
+    cert: DeviceCertificate,
+    /// `None` until the device publishes: an unpublished device is not shown.
+    state: Option<PresenceState>,
+    message: Option<String>,
+    endpoint: EndpointInfo,
+    tx: mpsc::Sender<ServerFrame>,
+    kill: CancellationToken,
+}
+
+/// The presence registry and the outstanding session challenges.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
+    challenges: Mutex<HashMap<[u8; 32], (DeviceId, Instant)>>,
+    next_id: AtomicU64,
+    /// Ended by shutdown: closes every session.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Identifier, Vec<DeviceSession>>> {
+        self.online
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new one-time challenge for `device`.
+    pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> [u8; 32] {
+        let mut c = [0u8; 32];
+        rand::fill(&mut c[..]);
+        let mut map = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        map.insert(c, (device, now + ttl));
+        c
+    }
+
+    /// Consumes a challenge; true if it existed, was unexpired and for `device`.
+    fn take_challenge(&self, c: &[u8; 32], device: &DeviceId) -> bool {
+        let mut map = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        matches!(map.remove(c), Some((d, exp)) if d == *device && exp > Instant::now())
+    }
+
+    /// Number of open sessions.
+    pub(crate) fn count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    /// The presence of `subject` as an accepted contact sees it.
+    fn view_of(&self, subject: &Identifier) -> PresenceView {
+        let map = self.lock();
+        let Some(devs) = map.get(subject) else {
+            return PresenceView::offline();
+        };
+        let visible: Vec<&DeviceSession> = devs
+            .iter()
+            .filter(|d| matches!(d.state, Some(s) if s != PresenceState::Invisible))
+            .collect();
+        let state = aggregate_presence(visible.iter().filter_map(|d| d.state));
+        let message = visible
+            .iter()
+            .filter(|d| d.state == Some(state))
+            .find_map(|d| d.message.clone());
+        PresenceView {
+            state,
+            message,
+            devices: visible
+                .iter()
+                .map(|d| DeviceEndpoint {
+                    cert: d.cert.clone(),
+                    endpoint: d.endpoint.clone(),
+                    state: d.state.unwrap_or(PresenceState::Online),
+                })
+                .collect(),
+        }
+    }
+
+    fn entry(&self, subject: &Account, relation: Relation) -> ContactEntry {
+        let presence = if relation == Relation::Accepted {
+            self.view_of(&subject.identifier)
+        } else {
+            PresenceView::offline()
+        };
+        ContactEntry {
+            identifier: subject.identifier.clone(),
+            identity_key: subject.identity_key,
+            relation,
+            presence,
+        }
+    }
+
+    /// Pushes a frame to every session of `to`; drops it if none. Stuck sessions are ended.
+    fn push(&self, to: &Identifier, frame: &ServerFrame) {
+        let map = self.lock();
+        for d in map.get(to).into_iter().flatten() {
+            if d.tx.try_send(frame.clone()).is_err() {
+                d.kill.cancel();
+            }
+        }
+    }
+
+    /// Tells the accepted contacts of `subject` its presence now.
+    async fn fan_out(&self, st: &AppState, subject: &Identifier) {
+        let s2 = subject.clone();
+        let Ok(Some((account, watchers))) = st
+            .store
+            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
+            .await
+        else {
+            return;
+        };
+        let Ok(watchers) = watchers else { return };
+        let frame = ServerFrame::Presence {
+            contact: self.entry(&account, Relation::Accepted),
+        };
+        for w in watchers {
+            self.push(&w, &frame);
+        }
+    }
+
+    /// After a key replacement: end the old devices' sessions and tell the contacts.
+    pub(crate) async fn key_replaced(
+        &self,
+        st: &AppState,
+        subject: &Identifier,
+        removed: &[DeviceId],
+    ) {
+        {
+            let map = self.lock();
+            for d in map.get(subject).into_iter().flatten() {
+                if removed.contains(&d.cert.device_id) {
+                    d.kill.cancel();
+                }
+            }
+        }
+        let s2 = subject.clone();
+        let Ok(Some((account, watchers))) = st
+            .store
+            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
+            .await
+        else {
+            return;
+        };
+        let Ok(watchers) = watchers else { return };
+        let frame = ServerFrame::ContactChanged {
+            contact: self.entry(&account, Relation::Accepted),
+        };
+        for w in watchers {
+            self.push(&w, &frame);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SessionParams {
+    device_id: Option<String>,
+    challenge: Option<String>,
+    signature: Option<String>,
+}
+
+fn bad(code: ErrorCode, status: StatusCode, msg: &str) -> ApiError {
+    ApiError::new(status, code, msg)
+}
+
+/// `GET /v1/session`: checks the signed challenge, then upgrades.
+pub(crate) async fn upgrade(
+    State(st): State<Arc<AppState>>,
+    Extension(_addr): Extension<ClientAddr>,
+    params: Result<Query<SessionParams>, axum::extract::rejection::QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(Query(p)) = params else {
+        return Err(bad(
+            ErrorCode::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "expected ?device_id=&challenge=&signature=",
+        ));
+    };
+    let (Some(device), Some(challenge), Some(signature)) = (p.device_id, p.challenge, p.signature)
+    else {
+        return Err(bad(
+            ErrorCode::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "expected ?device_id=&challenge=&signature=",
+        ));
+    };
+    let device = DeviceId::from_hex(&device).map_err(|_| {
+        bad(
+            ErrorCode::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "device_id is not a key",
+        )
+    })?;
+    let mut ch = [0u8; 32];
+    hex::decode_to_slice(&challenge, &mut ch).map_err(|_| {
+        bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "malformed challenge",
+        )
+    })?;
+    let signature = Signature::from_hex(&signature).map_err(|_| {
+        bad(
+            ErrorCode::BadSignature,
+            StatusCode::UNAUTHORIZED,
+            "malformed signature",
+        )
+    })?;
+    if !st.sessions.take_challenge(&ch, &device) {
+        return Err(bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "challenge unknown, expired or already used; request a new one",
+        ));
+    }
+    if device
+        .verify(&session_transcript(&ch, &device), &signature)
+        .is_err()
+    {
+        return Err(bad(
+            ErrorCode::BadSignature,
+            StatusCode::UNAUTHORIZED,
+            "the signature does not verify",
+        ));
+    }
+    let found = st.store.run(move |c| q::device(c, &device)).await?;
+    let Some((account, cert)) = found else {
+        return Err(bad(
+            ErrorCode::UnknownDevice,
+            StatusCode::NOT_FOUND,
+            "this device is not registered",
+        ));
+    };
+    let ws = ws.map_err(|_| {
+        bad(
+            ErrorCode::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade",
+        )
+    })?;
+    Ok(ws
+        .max_message_size(MAX_WS_FRAME_LEN)
+        .max_frame_size(MAX_WS_FRAME_LEN)
+        .on_upgrade(move |socket| run_session(st, socket, account, cert)))
+}
+
+struct Ctx {
+    account: Account,
+    session: u64,
+    limiter: RateLimiter<()>,
+}
+
+async fn run_session(
+    st: Arc<AppState>,
+    socket: WebSocket,
+    account: Account,
+    cert: DeviceCertificate,
+) {
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(PUSH_QUEUE);
+    let kill = CancellationToken::new();
+    let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
+    let device = cert.device_id;
+    {
+        let mut map = st.sessions.lock();
+        let list = map.entry(account.identifier.clone()).or_default();
+        // A new session for the same device replaces the old one.
+        list.retain(|d| {
+            let same = d.cert.device_id == device;
+            if same {
+                d.kill.cancel();
+            }
+            !same
+        });
+        list.push(DeviceSession {
+            id,
+            cert,
+            state: None,
+            message: None,
+            endpoint: EndpointInfo::default(),
+            tx,
+            kill: kill.clone(),
+        });
+    }
+    debug!(session = id, "session opened");
+    let mut ctx = Ctx {
+        account,
+        session: id,
+        limiter: RateLimiter::new(st.config.limits.session_requests.rule()),
+    };
+    let (mut sink, mut stream) = socket.split();
+    let heartbeat = st.config.session.heartbeat;
+    let welcome = ServerFrame::Welcome {
+        identifier: ctx.account.identifier.clone(),
+        identity_key: ctx.account.identity_key,
+        device_id: device,
+        heartbeat_secs: heartbeat.as_secs().max(1),
+    };
+    let mut ok = send(&mut sink, &welcome).await;
+    let mut ping = tokio::time::interval(heartbeat);
+    let mut last_heard = Instant::now();
+    while ok {
+        tokio::select! {
+            biased;
+            _ = st.sessions.shutdown.cancelled() => break,
+            _ = kill.cancelled() => break,
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let frame = handle_text(&st, &mut ctx, t.as_str()).await;
+                        ok = send(&mut sink, &frame).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
+                        ok = send(&mut sink, &ServerFrame::Error { id: 0, error: e }).await;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            Some(frame) = rx.recv() => ok = send(&mut sink, &frame).await,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > st.config.session.timeout {
+                    debug!(session = id, "session timed out");
+                    break;
+                }
+                ok = sink.send(Message::Ping(Vec::new().into())).await.is_ok();
+            }
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let removed = {
+        let mut map = st.sessions.lock();
+        let mut removed = false;
+        if let Some(list) = map.get_mut(&ctx.account.identifier) {
+            let before = list.len();
+            list.retain(|d| d.id != id);
+            removed = list.len() != before;
+            if list.is_empty() {
+                map.remove(&ctx.account.identifier);
+            }
+        }
+        removed
+    };
+    debug!(session = id, "session closed");
+    if removed {
+        st.sessions.fan_out(&st, &ctx.account.identifier).await;
+    }
+}
+
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    frame: &ServerFrame,
+) -> bool {
+    match serde_json::to_string(frame) {
+        Ok(s) => sink.send(Message::Text(s.into())).await.is_ok(),
+        Err(_) => true,
+    }
+}
+
+async fn handle_text(st: &AppState, ctx: &mut Ctx, text: &str) -> ServerFrame {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            // Echo the id if there is one, so the client can match the error.
+            let id = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            return ServerFrame::Error {
+                id,
+                error: ErrorBody::new(ErrorCode::BadJson, format!("bad request frame: {e}")),
+            };
+        }
+    };
+    match handle_request(st, ctx, frame.request).await {
+        Ok(reply) => ServerFrame::Reply {
+            id: frame.id,
+            reply,
+        },
+        Err(e) => ServerFrame::Error {
+            id: frame.id,
+            error: e.body().clone(),
+        },
+    }
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, msg)
+}
+
+async fn account_of(st: &AppState, id: &Identifier) -> Result<Account, ApiError> {
+    let id2 = id.clone();
+    st.store
+        .run(move |c| q::account(c, &id2))
+        .await?
+        .ok_or_else(|| err(ErrorCode::NotFound, format!("no one is registered as {id}")))
+}
+
+async fn relation(
+    st: &AppState,
+    owner: &Identifier,
+    peer: &Identifier,
+) -> Result<Relation, ApiError> {
+    let (o, p) = (owner.clone(), peer.clone());
+    Ok(st.store.run(move |c| q::relation(c, &o, &p)).await?)
+}
+
+async fn set_relations(
+    st: &AppState,
+    pairs: Vec<(Identifier, Identifier, Relation)>,
+) -> Result<(), ApiError> {
+    let now = now_secs();
+    st.store
+        .run(move |c| {
+            let tx = c.transaction()?;
+            for (o, p, r) in &pairs {
+                q::set_relation(&tx, o, p, *r, now)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+fn is_reachable(st: &AppState, who: &Identifier) -> bool {
+    st.sessions.lock().get(who).is_some_and(|devs| {
+        devs.iter()
+            .any(|d| matches!(d.state, Some(s) if s != PresenceState::Invisible))
+    })
+}
+
+async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Reply, ApiError> {
+    let me = ctx.account.identifier.clone();
+    match req {
+        Request::Ping => Ok(Reply::Pong),
+        Request::Publish {
+            state,
+            message,
+            endpoint,
+        } => {
+            if state == PresenceState::Offline {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "'offline' cannot be published; close the session instead",
+                ));
+            }
+            if message
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_STATUS_MESSAGE_LEN)
+            {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("status message over {MAX_STATUS_MESSAGE_LEN} bytes"),
+                ));
+            }
+            if endpoint.addrs.len() > MAX_ADDRS {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("more than {MAX_ADDRS} addresses"),
+                ));
+            }
+            {
+                let mut map = st.sessions.lock();
+                if let Some(d) = map
+                    .get_mut(&me)
+                    .and_then(|l| l.iter_mut().find(|d| d.id == ctx.session))
+                {
+                    d.state = Some(state);
+                    d.message = message;
+                    d.endpoint = endpoint;
+                }
+            }
+            st.sessions.fan_out(st, &me).await;
+            Ok(Reply::Done)
+        }
+        Request::Contacts => {
+            let m = me.clone();
+            let rows = st.store.run(move |c| q::relations(c, &m)).await?;
+            Ok(Reply::Contacts {
+                contacts: rows.iter().map(|(a, r)| st.sessions.entry(a, *r)).collect(),
+            })
+        }
+        Request::Lookup { identifier } => {
+            limit(ctx)?;
+            let account = account_of(st, &identifier).await?;
+            let rel = relation(st, &me, &identifier).await?;
+            Ok(Reply::Lookup {
+                contact: st.sessions.entry(&account, rel),
+            })
+        }
+        Request::ContactRequest { to } => {
+            limit(ctx)?;
+            if to == me {
+                return Err(err(ErrorCode::BadRequest, "you cannot add yourself"));
+            }
+            let them = account_of(st, &to).await?;
+            match relation(st, &me, &to).await? {
+                Relation::Accepted => return Ok(Reply::Done),
+                Relation::Blocked => {
+                    return Err(err(
+                        ErrorCode::Blocked,
+                        format!("you have blocked {to}; unblock them first"),
+                    ));
+                }
+                Relation::Incoming => return accept(st, &ctx.account, &them).await,
+                _ => {}
+            }
+            if relation(st, &to, &me).await? == Relation::Blocked || !is_reachable(st, &to) {
+                return Err(err(
+                    ErrorCode::Offline,
+                    format!(
+                        "{to} is offline; contact requests are delivered only while they are online — \
+                         nothing was kept, ask again later"
+                    ),
+                ));
+            }
+            set_relations(
+                st,
+                vec![
+                    (me.clone(), to.clone(), Relation::Outgoing),
+                    (to.clone(), me.clone(), Relation::Incoming),
+                ],
+            )
+            .await?;
+            st.sessions.push(
+                &to,
+                &ServerFrame::ContactRequest {
+                    from: me,
+                    identity_key: ctx.account.identity_key,
+                },
+            );
+            Ok(Reply::Done)
+        }
+        Request::ContactRespond { from, accept: yes } => {
+            if relation(st, &me, &from).await? != Relation::Incoming {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("there is no contact request from {from}"),
+                ));
+            }
+            let them = account_of(st, &from).await?;
+            if yes {
+                accept(st, &ctx.account, &them).await
+            } else {
+                set_relations(
+                    st,
+                    vec![
+                        (me.clone(), from.clone(), Relation::None),
+                        (from.clone(), me.clone(), Relation::None),
+                    ],
+                )
+                .await?;
+                st.sessions.push(
+                    &from,
+                    &ServerFrame::ContactChanged {
+                        contact: st.sessions.entry(&ctx.account, Relation::None),
+                    },
+                );
+                Ok(Reply::Done)
+            }
+        }
+        Request::ContactRemove { identifier } => {
+            let them = account_of(st, &identifier).await?;
+            let mine = relation(st, &me, &identifier).await?;
+            let theirs = relation(st, &identifier, &me).await?;
+            let mut pairs = Vec::new();
+            if mine != Relation::Blocked {
+                pairs.push((me.clone(), identifier.clone(), Relation::None));
+            }
+            if theirs != Relation::Blocked {
+                pairs.push((identifier.clone(), me.clone(), Relation::None));
+            }
+            set_relations(st, pairs).await?;
+            if theirs != Relation::Blocked {
+                st.sessions.push(
+                    &them.identifier,
+                    &ServerFrame::ContactChanged {
+                        contact: st.sessions.entry(&ctx.account, Relation::None),
+                    },
+                );
+            }
+            Ok(Reply::Done)
+        }
+        Request::Block { identifier } => {
+            let them = account_of(st, &identifier).await?;
+            let theirs = relation(st, &identifier, &me).await?;
+            let mut pairs = vec![(me.clone(), identifier.clone(), Relation::Blocked)];
+            if theirs != Relation::Blocked {
+                pairs.push((identifier.clone(), me.clone(), Relation::None));
+            }
+            set_relations(st, pairs).await?;
+            if theirs != Relation::Blocked {
+                st.sessions.push(
+                    &them.identifier,
+                    &ServerFrame::ContactChanged {
+                        contact: st.sessions.entry(&ctx.account, Relation::None),
+                    },
+                );
+            }
+            Ok(Reply::Done)
+        }
+        Request::Unblock { identifier } => {
+            account_of(st, &identifier).await?;
+            if relation(st, &me, &identifier).await? == Relation::Blocked {
+                set_relations(st, vec![(me, identifier, Relation::None)]).await?;
+            }
+            Ok(Reply::Done)
+        }
+        _ => Err(err(ErrorCode::BadRequest, "unsupported request")),
+    }
+}
+
+fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {
+    ctx.limiter.check(&(), Instant::now()).map_err(|w| {
+        err(
+            ErrorCode::RateLimited,
+            format!("too many requests; try again in {} s", w.as_secs().max(1)),
+        )
+    })
+}
+
+/// Both sides accept: tell both (the entry carries presence, so each sees the other at once).
+async fn accept(st: &AppState, me: &Account, them: &Account) -> Result<Reply, ApiError> {
+    set_relations(
+        st,
+        vec![
+            (
+                me.identifier.clone(),
+                them.identifier.clone(),
+                Relation::Accepted,
+            ),
+            (
+                them.identifier.clone(),
+                me.identifier.clone(),
+                Relation::Accepted,
+            ),
+        ],
+    )
+    .await?;
+    st.sessions.push(
+        &them.identifier,
+        &ServerFrame::ContactChanged {
+            contact: st.sessions.entry(me, Relation::Accepted),
+        },
+    );
+    st.sessions.push(
+        &me.identifier,
+        &ServerFrame::ContactChanged {
+            contact: st.sessions.entry(them, Relation::Accepted),
+        },
+    );
+    Ok(Reply::Done)
+}
