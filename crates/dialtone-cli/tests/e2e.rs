@@ -346,3 +346,51 @@ fn agent_lifecycle_and_cli_errors() {
         .run(&["up", "--no-portmapper"])
         .fails_with(1, "not registered");
 }
+
+#[test]
+fn https_directory_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        tmp.path().join("ca.pem"),
+        tmp.path().join("cert.pem"),
+        tmp.path().join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.as_ref().pem()).unwrap();
+    std::fs::write(&cert_pem, leaf.pem()).unwrap();
+    std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
+
+    let dir = Directory::start_with(&[
+        "--tls-cert",
+        cert_pem.to_str().unwrap(),
+        "--tls-key",
+        key_pem.to_str().unwrap(),
+    ]);
+    assert!(dir.url.starts_with("https://127.0.0.1:"), "{}", dir.url);
+
+    // Without the CA the certificate is not trusted.
+    let alice = Person::new(ALICE);
+    let r = alice.run(&["register", ALICE, "--directory", &dir.url]);
+    r.fails_with(4, "cannot reach the directory");
+
+    let ca_arg = ["--directory-ca", ca_pem.to_str().unwrap()];
+    alice.register_with(&dir, &ca_arg);
+    alice.up();
+    let bob = Person::new(BOB);
+    bob.register_with(&dir, &ca_arg);
+    bob.up();
+    alice.befriend(&bob);
+    let mut w = bob.watch();
+    alice.run(&["send", BOB, "over https"]).ok();
+    w.expect("message", Duration::from_secs(5), |e| {
+        e["body"] == "over https"
+    });
+}

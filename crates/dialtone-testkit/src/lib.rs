@@ -284,8 +284,14 @@ impl Person {
     }
 
     pub fn register(&self, dir: &Directory) {
-        self.run(&["register", &self.identifier, "--directory", &dir.url])
-            .ok();
+        self.register_with(dir, &[]);
+    }
+
+    /// Registers with extra `register` arguments (e.g. `--directory-ca`).
+    pub fn register_with(&self, dir: &Directory, extra: &[&str]) {
+        let mut args = vec!["register", &self.identifier, "--directory", &dir.url];
+        args.extend_from_slice(extra);
+        self.run(&args).ok();
         let code = dir.code_for(&self.identifier);
         self.run(&["verify", &code]).ok();
     }
