@@ -394,3 +394,59 @@ fn https_directory_with_a_private_ca() {
         e["body"] == "over https"
     });
 }
+
+#[test]
+fn chat_is_interactive_and_logs_hold_no_message_text() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    let mut bob_watch = bob.watch();
+
+    let mut chat = Command::new(dialtone_testkit::bin("dialtone"))
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["chat", BOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = chat.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_matching = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("chat never printed {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    next_matching("chatting with bob@example.com");
+    writeln!(stdin, "a secret typed into chat").unwrap();
+    next_matching("delivered");
+    bob_watch.expect("chat line", Duration::from_secs(5), |e| {
+        e["body"] == "a secret typed into chat"
+    });
+    bob.run(&["send", ALICE, "another secret, back"]).ok();
+    next_matching("bob@example.com: another secret, back");
+    writeln!(stdin, "/quit").unwrap();
+    let status = chat.wait().unwrap();
+    assert!(status.success());
+
+    // Neither agent logged the text (detached agents log to agent.log in their homes).
+    for p in [&alice, &bob] {
+        let log = std::fs::read_to_string(p.home.join("agent.log")).unwrap_or_default();
+        assert!(!log.is_empty(), "no agent log in {}", p.home.display());
+        assert!(!log.contains("secret"), "message text in the log:\n{log}");
+    }
+}
