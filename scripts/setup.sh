@@ -7,6 +7,8 @@ need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+# zbarimg decodes the safety-number QR code in the tests.
+command -v zbarimg >/dev/null 2>&1 || need_pkgs+=(zbar-tools)
 
 if ((${#need_pkgs[@]})); then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"

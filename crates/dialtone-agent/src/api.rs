@@ -317,6 +317,13 @@ async fn dispatch(
             let fp = agent.trust(identifier(&params)?).await?;
             Ok(json!({"fingerprint": fp}))
         }
+        "contacts.verify" => {
+            let confirm: Option<bool> = param(&params, "confirm")?;
+            let v = agent
+                .verify(identifier(&params)?, confirm.unwrap_or(false))
+                .await?;
+            Ok(serde_json::to_value(v).unwrap_or(Value::Null))
+        }
         "message.send" => {
             let to = {
                 let raw: String = param(&params, "to")?;

@@ -108,6 +108,11 @@ pub struct Pin {
     pub identity_key: IdentityKey,
     /// When it was pinned, seconds since the Unix epoch.
     pub pinned_at: u64,
+    /// Whether the person compared safety numbers and confirmed this key
+    /// (`dialtone contacts verify --confirm`). A key change of a verified contact is a hard
+    /// block until they verify again; `trust` is not enough.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 #[derive(Serialize, Deserialize)]

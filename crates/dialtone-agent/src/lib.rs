@@ -158,6 +158,8 @@ pub enum Event {
         pinned_fingerprint: String,
         /// The fingerprint now presented.
         new_fingerprint: String,
+        /// Whether the pinned key had been verified (then this is a hard block).
+        verified: bool,
     },
     /// The directory session went up or down.
     Directory {
@@ -233,6 +235,25 @@ pub struct ContactView {
     pub key: &'static str,
     /// Online devices.
     pub devices: usize,
+    /// Whether you verified their current key (safety number).
+    pub verified: bool,
+}
+
+/// A safety number, for people to compare.
+#[derive(Debug, Clone, Serialize)]
+pub struct SafetyView {
+    /// Who.
+    pub identifier: Identifier,
+    /// 60 digits in 12 groups of 5.
+    pub safety_number: String,
+    /// What the QR code carries.
+    pub qr_payload: String,
+    /// Fingerprint of their key as the directory has it now.
+    pub fingerprint: String,
+    /// `pinned`, `changed` or `unpinned` (see [`ContactView::key`]).
+    pub key: &'static str,
+    /// Whether this key is the one you verified.
+    pub verified: bool,
 }
 
 /// Our own status.
@@ -521,6 +542,7 @@ impl Inner {
                             Pin {
                                 identity_key: c.identity_key,
                                 pinned_at: now_secs(),
+                                verified: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -536,6 +558,7 @@ impl Inner {
                                 identifier: c.identifier.clone(),
                                 pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                                 new_fingerprint: c.identity_key.fingerprint().to_string(),
+                                verified: pin.verified,
                             });
                         }
                     }
@@ -680,6 +703,10 @@ impl AgentHandle {
                 fingerprint: c.identity_key.fingerprint().to_string(),
                 key: self.inner.key_status(&st, c),
                 devices: c.presence.devices.len(),
+                verified: st
+                    .pins
+                    .get(&c.identifier)
+                    .is_some_and(|p| p.verified && p.identity_key == c.identity_key),
             })
             .collect();
         v.sort_by(|a, b| a.identifier.cmp(&b.identifier));
@@ -730,26 +757,26 @@ impl AgentHandle {
         Ok(())
     }
 
-    /// Accepts a contact's new identity key after a key change (re-pins it).
+    /// Accepts a contact's new identity key after a key change (re-pins it). Refused for a
+    /// contact whose key was verified: they must be verified again ([`AgentHandle::verify`]).
     pub async fn trust(&self, who: Identifier) -> Result<String, SendError> {
-        let reply = self
-            .inner
-            .session
-            .request(Request::Lookup {
-                identifier: who.clone(),
-            })
-            .await?;
-        let Reply::Lookup { contact } = reply else {
-            return Err(SendError::Invalid(
-                "unexpected answer from the directory".into(),
-            ));
-        };
+        let contact = self.lookup(who.clone()).await?;
         let mut st = self.inner.lock();
+        if let Some(pin) = st.pins.get(&who)
+            && pin.verified
+            && pin.identity_key != contact.identity_key
+        {
+            return Err(SendError::Invalid(format!(
+                "you had verified {who}'s key, and it changed: compare the new safety number with \
+                 `dialtone contacts verify {who}`, then confirm with --confirm"
+            )));
+        }
         st.pins.insert(
             who,
             Pin {
                 identity_key: contact.identity_key,
                 pinned_at: now_secs(),
+                verified: false,
             },
         );
         self.inner
@@ -757,6 +784,43 @@ impl AgentHandle {
             .save_pins(&st.pins)
             .map_err(|e| SendError::Invalid(e.to_string()))?;
         Ok(contact.identity_key.fingerprint().to_string())
+    }
+
+    /// The safety number with `who` over our identity key and the key the directory has for
+    /// them now; with `confirm`, pins that key as verified.
+    pub async fn verify(&self, who: Identifier, confirm: bool) -> Result<SafetyView, SendError> {
+        let contact = self.lookup(who.clone()).await?;
+        let number = dialtone_proto::safety::SafetyNumber::new(
+            (&self.inner.identifier, &self.inner.identity_key),
+            (&who, &contact.identity_key),
+        );
+        let mut st = self.inner.lock();
+        if confirm {
+            st.pins.insert(
+                who.clone(),
+                Pin {
+                    identity_key: contact.identity_key,
+                    pinned_at: now_secs(),
+                    verified: true,
+                },
+            );
+            self.inner
+                .home
+                .save_pins(&st.pins)
+                .map_err(|e| SendError::Invalid(e.to_string()))?;
+        }
+        let verified = st
+            .pins
+            .get(&who)
+            .is_some_and(|p| p.verified && p.identity_key == contact.identity_key);
+        Ok(SafetyView {
+            identifier: who,
+            safety_number: number.to_string(),
+            qr_payload: number.qr_payload(),
+            fingerprint: contact.identity_key.fingerprint().to_string(),
+            key: self.inner.key_status(&st, &contact),
+            verified,
+        })
     }
 
     /// Sends a text message to every online device of `to`; returns once at least one

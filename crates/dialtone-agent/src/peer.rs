@@ -123,6 +123,7 @@ async fn verify_hello(
                     identifier: id.clone(),
                     pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                     new_fingerprint: cert.identity_key.fingerprint().to_string(),
+                    verified: pin.verified,
                 });
             }
             return Err(CloseCode::KeyChanged);
@@ -134,6 +135,7 @@ async fn verify_hello(
                 Pin {
                     identity_key: cert.identity_key,
                     pinned_at: now_secs(),
+                    verified: false,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);

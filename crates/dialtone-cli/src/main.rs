@@ -180,6 +180,16 @@ enum ContactsCommand {
     Unblock { identifier: String },
     /// Accept a contact's new identity key after a key-change warning (check with them first).
     Trust { identifier: String },
+    /// Show the safety number (and QR code) to compare with a contact; --confirm marks them verified.
+    Verify {
+        identifier: String,
+        /// The numbers matched: mark this key verified (a later key change is then a hard block).
+        #[arg(long)]
+        confirm: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -624,6 +634,25 @@ async fn contacts(home: &Home, c: ContactsCommand) -> Result {
         ContactsCommand::Remove { identifier } => ("contacts.remove", identifier, "removed"),
         ContactsCommand::Block { identifier } => ("contacts.block", identifier, "blocked"),
         ContactsCommand::Unblock { identifier } => ("contacts.unblock", identifier, "unblocked"),
+        ContactsCommand::Verify {
+            identifier,
+            confirm,
+            json,
+        } => {
+            let id = parse_identifier(&identifier)?;
+            let v = call(
+                home,
+                "contacts.verify",
+                json!({"identifier": id, "confirm": confirm}),
+            )
+            .await?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            print_safety(&id, &v, confirm);
+            return Ok(());
+        }
         ContactsCommand::Trust { identifier } => {
             let id = parse_identifier(&identifier)?;
             let r = call(home, "contacts.trust", json!({"identifier": id})).await?;
@@ -638,6 +667,41 @@ async fn contacts(home: &Home, c: ContactsCommand) -> Result {
     call(home, method, json!({"identifier": id})).await?;
     println!("{verb} {id}");
     Ok(())
+}
+
+fn print_safety(id: &Identifier, v: &Value, confirmed: bool) {
+    let number = v["safety_number"].as_str().unwrap_or("");
+    let groups: Vec<&str> = number.split(' ').collect();
+    println!("Safety number with {id}:");
+    println!();
+    for row in groups.chunks(4) {
+        println!("    {}", row.join(" "));
+    }
+    println!();
+    if let Ok(code) = qrcode::QrCode::new(v["qr_payload"].as_str().unwrap_or("").as_bytes()) {
+        // Light modules drawn as blocks: reads right on the usual dark terminal background.
+        let qr = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build();
+        println!("{qr}");
+        println!();
+    }
+    if v["key"] == "changed" {
+        println!("WARNING: this is a NEW key for {id}, not the one you pinned before.");
+    }
+    if confirmed {
+        println!(
+            "{id} is now verified. If their key ever changes, messages are blocked until you verify again."
+        );
+    } else if v["verified"] == true {
+        println!("{id} is verified.");
+    } else {
+        println!("Compare these digits with {id} in person or on a call (or scan the code).");
+        println!("If they match, run: dialtone contacts verify {id} --confirm");
+    }
 }
 
 async fn list_contacts(home: &Home, json: bool) -> Result {
@@ -663,10 +727,10 @@ async fn list_contacts(home: &Home, json: bool) -> Result {
             .as_str()
             .map(|m| format!(" \"{m}\""))
             .unwrap_or_default();
-        let key = if s("key") == "changed" {
-            "  KEY CHANGED!"
-        } else {
-            ""
+        let key = match (s("key").as_str(), c["verified"] == true) {
+            ("changed", _) => "  KEY CHANGED!",
+            (_, true) => "  (verified)",
+            _ => "",
         };
         println!(
             "{:<32} {:<9}{msg}{relation}{key}",

@@ -450,3 +450,127 @@ fn chat_is_interactive_and_logs_hold_no_message_text() {
         assert!(!log.contains("secret"), "message text in the log:\n{log}");
     }
 }
+
+/// Turns the terminal QR code (half blocks, light modules drawn) back into a PGM image.
+fn terminal_qr_to_pgm(output: &str, path: &std::path::Path) {
+    let rows: Vec<Vec<char>> = output
+        .lines()
+        .filter(|l| !l.is_empty() && l.chars().all(|c| " █▀▄".contains(c)) && l.contains('█'))
+        .map(|l| l.chars().collect())
+        .collect();
+    assert!(rows.len() > 10, "no QR code in the output:\n{output}");
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let mut pixels: Vec<Vec<u8>> = Vec::new();
+    for row in &rows {
+        let (mut top, mut bottom) = (vec![0u8; width], vec![0u8; width]);
+        for (x, c) in row.iter().enumerate() {
+            let (t, b) = match c {
+                '█' => (true, true),
+                '▀' => (true, false),
+                '▄' => (false, true),
+                _ => (false, false),
+            };
+            top[x] = if t { 255 } else { 0 };
+            bottom[x] = if b { 255 } else { 0 };
+        }
+        pixels.push(top);
+        pixels.push(bottom);
+    }
+    let scale = 4;
+    let (w, h) = (width * scale, pixels.len() * scale);
+    let mut data = format!("P5\n{w} {h}\n255\n").into_bytes();
+    for row in &pixels {
+        for _ in 0..scale {
+            for px in row {
+                data.extend(std::iter::repeat_n(*px, scale));
+            }
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn safety_numbers_qr_codes_and_verified_contacts() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let bob = Person::online(&dir, BOB);
+    let carol = Person::online(&dir, CAROL);
+    alice.befriend(&bob);
+    alice.befriend(&carol);
+
+    let a = alice
+        .run(&["contacts", "verify", BOB, "--json"])
+        .ok()
+        .json();
+    let b = bob
+        .run(&["contacts", "verify", ALICE, "--json"])
+        .ok()
+        .json();
+    let number = a["safety_number"].as_str().unwrap().to_owned();
+    assert_eq!(number.replace(' ', "").len(), 60);
+    assert_eq!(
+        number,
+        b["safety_number"].as_str().unwrap(),
+        "both sides must see the same number"
+    );
+    let c = alice
+        .run(&["contacts", "verify", CAROL, "--json"])
+        .ok()
+        .json();
+    assert_ne!(number, c["safety_number"].as_str().unwrap());
+    assert_eq!(a["verified"], false);
+
+    // The QR code printed in the terminal decodes (with zbarimg) to the payload.
+    let shown = alice.run(&["contacts", "verify", BOB]).ok().stdout.clone();
+    assert!(shown.contains(&number[..23]), "{shown}");
+    let tmp = tempfile::tempdir().unwrap();
+    let pgm = tmp.path().join("qr.pgm");
+    terminal_qr_to_pgm(&shown, &pgm);
+    let out = std::process::Command::new("zbarimg")
+        .args(["--raw", "-q"])
+        .arg(&pgm)
+        .output()
+        .expect("zbarimg is installed (scripts/setup.sh installs zbar-tools)");
+    assert!(
+        out.status.success(),
+        "zbarimg could not read the QR code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        a["qr_payload"].as_str().unwrap()
+    );
+
+    // Confirmed: listed as verified.
+    alice.run(&["contacts", "verify", BOB, "--confirm"]).ok();
+    assert!(
+        alice
+            .run(&["contacts", "list"])
+            .ok()
+            .stdout
+            .contains("(verified)")
+    );
+
+    // A key change of a verified contact is a hard block: `trust` is not enough.
+    let mallory = Person::registered(&dir, BOB);
+    mallory.up();
+    wait_until(Duration::from_secs(10), "alice to see the new key", || {
+        alice
+            .contacts()
+            .iter()
+            .any(|c| c["identifier"] == BOB && c["key"] == "changed")
+    });
+    alice.run(&["send", BOB, "x"]).fails_with(16, "WARNING");
+    alice
+        .run(&["contacts", "trust", BOB])
+        .fails_with(2, "verify");
+    alice.run(&["send", BOB, "x"]).fails_with(16, "WARNING");
+    let v = alice
+        .run(&["contacts", "verify", BOB, "--json"])
+        .ok()
+        .json();
+    assert_eq!(v["key"], "changed");
+    assert_ne!(v["safety_number"].as_str().unwrap(), number);
+    alice.run(&["contacts", "verify", BOB, "--confirm"]).ok();
+    alice.run(&["send", BOB, "verified again"]).ok();
+}

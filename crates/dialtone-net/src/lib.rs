@@ -80,7 +80,38 @@ pub enum BindError {
 }
 
 /// Starts the endpoint: self-hosted, accepting `dialtone/1`.
+///
+/// If binding every configured address fails (a host without IPv6, say), it tries again with
+/// each address family alone, so a single-stack machine still comes online.
 pub async fn bind(config: &EndpointConfig) -> Result<Endpoint, BindError> {
+    let first = bind_exact(config).await;
+    if first.is_ok() || config.bind.len() < 2 {
+        return first;
+    }
+    for want_v4 in [false, true] {
+        let only: Vec<SocketAddr> = config
+            .bind
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == want_v4)
+            .collect();
+        if only.is_empty() || only.len() == config.bind.len() {
+            continue;
+        }
+        let mut c = config.clone();
+        c.bind = only;
+        if let Ok(ep) = bind_exact(&c).await {
+            tracing::warn!(
+                "could not bind every address family; running on {}",
+                if want_v4 { "IPv4" } else { "IPv6" }
+            );
+            return Ok(ep);
+        }
+    }
+    first
+}
+
+async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
     let relay_mode = match &config.relay_url {
         None => RelayMode::Disabled,
         Some(url) => {

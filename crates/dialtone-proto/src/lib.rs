@@ -28,6 +28,7 @@ pub mod ids;
 pub mod keys;
 pub mod refusal;
 pub mod rules;
+pub mod safety;
 pub mod wire;
 
 pub use ids::Identifier;
