@@ -18,6 +18,19 @@ if ((${#need_pkgs[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
 fi
 
+# Python for the test peers (a real SMTP server: aiosmtpd), in the repository's own .venv.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if ! "$ROOT/.venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""; if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
+  echo "setup: creating $ROOT/.venv with aiosmtpd"
+  python3 -m venv "$ROOT/.venv"
+  "$ROOT/.venv/bin/pip" install -q 'aiosmtpd==1.4.6'
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: Rust is missing. Install it from your distribution (apt-get install cargo) or with rustup, then rerun." >&2
   exit 1

@@ -32,6 +32,89 @@ pub struct Config {
     pub verification: VerificationConfig,
     /// Rate limits.
     pub limits: Limits,
+    /// Email verification through an SMTP relay. Default: none (no email codes unless the
+    /// outbox is set).
+    pub smtp: Option<SmtpConfig>,
+    /// SMS verification through an HTTP gateway. Default: none.
+    pub sms: Option<SmsConfig>,
+}
+
+/// How to reach the SMTP relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (port 587). The default.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS at all: only for a relay on loopback.
+    None,
+}
+
+/// `[smtp]`: email verification codes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Relay host name (checked against its certificate).
+    pub host: String,
+    /// Port. Default 587.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// `starttls` (default), `tls` or `none` (loopback only).
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// Login, if the relay wants authentication.
+    pub username: Option<String>,
+    /// Password (prefer `password_file`).
+    pub password: Option<String>,
+    /// File whose content is the password.
+    pub password_file: Option<PathBuf>,
+    /// Sender, e.g. `Dialtone <no-reply@example.com>`.
+    pub from: String,
+    /// Subject line. Default "Your Dialtone code".
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// Extra CA certificate (PEM) to trust for the relay, besides the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_subject() -> String {
+    "Your Dialtone code".into()
+}
+
+/// `[sms]`: SMS verification codes through an HTTP gateway. `{to}` and `{code}` are replaced
+/// in `url`, header values and `body`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// Gateway URL (https://; plain http only on loopback).
+    pub url: String,
+    /// HTTP method. Default POST.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra headers (e.g. Authorization).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Request body template.
+    pub body: Option<String>,
+    /// Content type of the body. Default `application/json`.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Extra CA certificate (PEM) to trust for the gateway.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_content_type() -> String {
+    "application/json".into()
 }
 
 impl Default for Config {
@@ -46,6 +129,8 @@ impl Default for Config {
             session: SessionConfig::default(),
             verification: VerificationConfig::default(),
             limits: Limits::default(),
+            smtp: None,
+            sms: None,
         }
     }
 }
@@ -189,6 +274,9 @@ mod tests {
         assert_eq!(c.session.heartbeat, Duration::from_secs(2));
         assert!(c.tls.is_some());
         assert_eq!(c.limits.register_per_identifier.burst, 3);
+        let smtp = c.smtp.unwrap();
+        assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::Starttls));
+        assert!(c.sms.unwrap().body.unwrap().contains("{code}"));
     }
 
     #[test]

@@ -254,11 +254,17 @@ async fn register_start(
         g.check(&(), Instant::now())
             .map_err(|w| ApiError::limited("registrations right now", w))?;
     }
-    let Some(channel) = st.channel.clone() else {
+    let Some(channel) = st.channels.for_identifier(&req.identifier).cloned() else {
+        let what = match req.identifier.kind() {
+            dialtone_proto::ids::IdentifierKind::Email => "email addresses",
+            dialtone_proto::ids::IdentifierKind::Phone => "phone numbers",
+        };
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::DeliveryFailed,
-            "this directory has no way to send verification codes; its operator must configure a channel",
+            format!(
+                "this directory cannot send verification codes to {what}; its operator must configure a channel"
+            ),
         ));
     };
     let code = new_code();

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-pub use channel::{OutboxChannel, VerificationChannel};
+pub use channel::{Channels, OutboxChannel, SmsChannel, SmtpChannel, VerificationChannel};
 pub use config::Config;
 pub use store::StoreError;
 
@@ -65,6 +65,9 @@ pub enum BindError {
         #[source]
         source: std::io::Error,
     },
+    /// A verification channel is misconfigured.
+    #[error("{0}")]
+    Channel(String),
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
@@ -86,7 +89,7 @@ pub(crate) struct Limits {
 pub(crate) struct AppState {
     config: Config,
     store: store::Store,
-    channel: Option<Arc<dyn VerificationChannel>>,
+    channels: Channels,
     sessions: sessions::Sessions,
     limits: Limits,
     public_url: String,
@@ -103,23 +106,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store, binds the listener and starts serving.
-    ///
-    /// Verification codes go through the outbox if `config.verify_outbox` is set; use
-    /// [`Server::bind_with_channel`] for another channel.
+    /// Opens the store, binds the listener and starts serving, with the verification
+    /// channels the configuration names (outbox, `[smtp]`, `[sms]`).
     pub async fn bind(config: Config) -> Result<Self, BindError> {
-        let channel: Option<Arc<dyn VerificationChannel>> = config
-            .verify_outbox
-            .clone()
-            .map(|d| Arc::new(OutboxChannel::new(d)) as Arc<dyn VerificationChannel>);
-        Self::bind_with_channel(config, channel).await
+        let channels =
+            Channels::from_config(&config).map_err(|e| BindError::Channel(e.to_string()))?;
+        Self::bind_with_channels(config, channels).await
     }
 
-    /// Like [`Server::bind`], with an explicit verification channel.
-    pub async fn bind_with_channel(
-        config: Config,
-        channel: Option<Arc<dyn VerificationChannel>>,
-    ) -> Result<Self, BindError> {
+    /// Like [`Server::bind`], with explicit verification channels.
+    pub async fn bind_with_channels(config: Config, channels: Channels) -> Result<Self, BindError> {
         let tls = match &config.tls {
             Some(t) => Some(tls_acceptor(t)?),
             None => {
@@ -160,7 +156,7 @@ impl Server {
         let state = Arc::new(AppState {
             config,
             store,
-            channel,
+            channels,
             sessions: sessions::Sessions::default(),
             limits,
             public_url,

@@ -1,116 +1,19 @@
 //! The directory's HTTP API against bad input, driven by the real `curl` client: every
 //! mistake a client can make gets a 4xx with a JSON error code, never a 500 or a panic.
 
-use std::{process::Command, time::SystemTime};
+use std::process::Command;
 
 use dialtone_directory::{Config, Server};
 use dialtone_proto::{
-    DeviceCertificate, DeviceId, Identifier, IdentityKey,
-    directory::{ChallengeRequest, RegisterConfirm, RegisterStart},
-    keys::{register_confirm_transcript, register_start_transcript, session_transcript, sign},
+    DeviceId, IdentityKey,
+    directory::ChallengeRequest,
+    keys::{session_transcript, sign},
 };
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
-struct Answer {
-    status: u16,
-    headers: String,
-    body: Value,
-}
-
-/// `curl -s -i` with a JSON body (or none), returning status, headers and parsed body.
-fn curl(method: &str, url: &str, body: Option<&[u8]>, extra: &[&str]) -> Answer {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-S", "-i", "--max-time", "10", "-X", method])
-        .args(extra);
-    let tmp;
-    if let Some(b) = body {
-        tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(tmp.path(), b).unwrap();
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
-            .arg(format!("@{}", tmp.path().display()));
-    }
-    let out = cmd
-        .arg(url)
-        .output()
-        .expect("curl is installed (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("non-JSON body ({e}): {body:?}"));
-    Answer {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body,
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-struct Keys {
-    identity: SigningKey,
-    device: SigningKey,
-    cert: DeviceCertificate,
-}
-
-fn keys(seed: u8) -> Keys {
-    let identity = SigningKey::from_bytes(&[seed; 32]);
-    let device = SigningKey::from_bytes(&[seed.wrapping_add(100); 32]);
-    let cert = DeviceCertificate::issue(
-        &identity,
-        DeviceId::from_signing_key(&device),
-        "test",
-        now(),
-    )
-    .unwrap();
-    Keys {
-        identity,
-        device,
-        cert,
-    }
-}
-
-fn start_body(k: &Keys, id: &str, ts: u64) -> Vec<u8> {
-    let identifier = Identifier::parse(id).unwrap();
-    let ik = IdentityKey::from_signing_key(&k.identity);
-    let req = RegisterStart {
-        signature: sign(
-            &k.identity,
-            &register_start_transcript(&identifier, &ik, &k.cert, ts),
-        ),
-        identifier,
-        identity_key: ik,
-        device_cert: k.cert.clone(),
-        timestamp: ts,
-    };
-    serde_json::to_vec(&req).unwrap()
-}
-
-fn confirm_body(k: &Keys, id: &str, code: &str) -> Vec<u8> {
-    let identifier = Identifier::parse(id).unwrap();
-    let ik = IdentityKey::from_signing_key(&k.identity);
-    let req = RegisterConfirm {
-        signature: sign(
-            &k.identity,
-            &register_confirm_transcript(&identifier, code, &ik),
-        ),
-        identifier,
-        identity_key: ik,
-        code: code.into(),
-    };
-    serde_json::to_vec(&req).unwrap()
-}
+mod support;
+use support::{confirm_body, curl, keys, now, start_body};
 
 async fn server(dir: &std::path::Path) -> Server {
     let mut c = Config::default();
