@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, the unit and integration tests of every crate, and the
-# end-to-end tests that start the real binaries. Fails if anything fails.
+# Runs every test: formatting, the unit and integration tests of every crate (including the
+# end-to-end tests that start the real binaries, and the tests against a real SMTP server),
+# doctests, and clippy. Fails if anything fails. Ends with one line: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -12,17 +15,24 @@ cargo fmt --all -- --check
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
 
+echo "== doctests"
+cargo test --workspace --doc --quiet
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --profile "${NEXTEST_PROFILE:-default}"
-  # nextest does not run doctests
-  cargo test --workspace --doc
+  cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log"
+  summary=$(grep -E '^ *Summary .* tests? run:' "$log" | tail -n 1)
+  passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+  failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+  passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+  failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 fi
 
 if [ "${DIALTONE_SKIP_CLIPPY:-0}" != 1 ]; then
   echo "== cargo clippy --all-targets -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
 fi
-echo "== all tests passed"
+echo "== all checks passed"
+echo "${passed:-0} passed, ${failed:-0} failed"
