@@ -116,7 +116,7 @@ fn json_rejection(e: JsonRejection) -> ApiError {
             )
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::BAD_REQUEST,
             ErrorCode::BadJson,
             "send the body as JSON with Content-Type: application/json",
         ),
@@ -167,7 +167,29 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_LEN))
+        .layer(axum::middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// Turns a panic in a handler into a JSON 500 `internal` instead of a dropped connection.
+/// It should never trigger: client input is answered with errors, never panics.
+async fn catch_panic(req: Request, next: axum::middleware::Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the directory failed; try again later",
+            )
+            .into_response()
+        }
+    }
 }
 
 fn ip_of(addr: &ClientAddr) -> IpAddr {
@@ -430,9 +452,15 @@ async fn challenge(
             "this device is not registered here; run `dialtone register` and `dialtone verify`",
         ));
     }
-    let challenge = st
+    let Some(challenge) = st
         .sessions
-        .new_challenge(req.device_id, st.config.session.challenge_ttl);
+        .new_challenge(req.device_id, st.config.session.challenge_ttl)
+    else {
+        return Err(ApiError::limited(
+            "session challenges outstanding",
+            st.config.session.challenge_ttl,
+        ));
+    };
     Ok(Json(Challenge {
         challenge: hex::encode(challenge),
         expires_in_secs: st.config.session.challenge_ttl.as_secs(),

@@ -189,13 +189,20 @@ impl Server {
         self.state.sessions.count()
     }
 
-    /// Stops accepting, closes every session, and waits for the accept loop.
+    /// Stops accepting, closes every session (each sends a WebSocket close frame), and waits
+    /// for the session tasks to end (5 s at most).
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.state.sessions.shutdown.cancel();
         let _ = self.task.await;
-        // Give sessions a moment to send their close frames.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let tasks = &self.state.sessions.tasks;
+        tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!("sessions still closing after 5 s; leaving them");
+        }
         info!("directory stopped");
     }
 

@@ -1,11 +1,13 @@
 //! `dialtone-directory`: the directory server. Prints `listening on URL` once bound.
 //!
-//! Exit codes: 0 clean stop (SIGINT/SIGTERM); 1 runtime failure; 2 bad configuration.
+//! Exit codes: 0 clean stop (SIGINT/SIGTERM); 1 runtime failure (address in use, database
+//! unusable); 2 bad configuration (unreadable config, plain HTTP off loopback, bad TLS files).
+//! Logs go to stderr (`DIALTONE_LOG` or `RUST_LOG`, default `dialtone=info`).
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use dialtone_directory::{Config, Server, config::TlsConfig};
+use dialtone_directory::{BindError, Config, Server, config::TlsConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,7 +42,8 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dialtone_directory=info,warn"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dialtone=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -85,7 +88,10 @@ fn main() -> ExitCode {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("dialtone-directory: {e}");
-                return ExitCode::from(2);
+                return match e {
+                    BindError::Listen { .. } | BindError::Store(_) => ExitCode::from(1),
+                    _ => ExitCode::from(2),
+                };
             }
         };
         println!("listening on {}", server.url());

@@ -36,7 +36,7 @@ use dialtone_proto::{
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
 use crate::{
@@ -47,6 +47,9 @@ use crate::{
 
 /// Frames queued for one device before it counts as stuck and is disconnected.
 const PUSH_QUEUE: usize = 256;
+/// Outstanding session challenges at most (each about 80 bytes): beyond this, new ones are
+/// refused until old ones expire, so a flood cannot grow memory without bound.
+const MAX_CHALLENGES: usize = 100_000;
 
 #[derive(Debug)]
 struct DeviceSession {
@@ -68,6 +71,8 @@ pub(crate) struct Sessions {
     next_id: AtomicU64,
     /// Ended by shutdown: closes every session.
     pub(crate) shutdown: CancellationToken,
+    /// The session tasks, so shutdown can wait for them to close.
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Sessions {
@@ -77,8 +82,9 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new one-time challenge for `device`.
-    pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> [u8; 32] {
+    /// A new one-time challenge for `device`, or `None` if [`MAX_CHALLENGES`] unexpired
+    /// challenges are outstanding already.
+    pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> Option<[u8; 32]> {
         let mut c = [0u8; 32];
         rand::fill(&mut c[..]);
         let mut map = self
@@ -86,20 +92,25 @@ impl Sessions {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if map.len() > 10_000 {
+        if map.len() >= MAX_CHALLENGES / 2 {
             map.retain(|_, (_, exp)| *exp > now);
         }
+        if map.len() >= MAX_CHALLENGES {
+            return None;
+        }
         map.insert(c, (device, now + ttl));
-        c
+        Some(c)
     }
 
-    /// Consumes a challenge; true if it existed, was unexpired and for `device`.
-    fn take_challenge(&self, c: &[u8; 32], device: &DeviceId) -> bool {
+    /// Consumes a challenge: the device it was issued for, if it existed and is unexpired.
+    /// Once taken it is gone, whatever the caller decides next.
+    fn take_challenge(&self, c: &[u8; 32]) -> Option<DeviceId> {
         let mut map = self
             .challenges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        matches!(map.remove(c), Some((d, exp)) if d == *device && exp > Instant::now())
+        map.remove(c)
+            .and_then(|(d, exp)| (exp > Instant::now()).then_some(d))
     }
 
     /// Number of open sessions.
@@ -107,47 +118,11 @@ impl Sessions {
         self.lock().values().map(Vec::len).sum()
     }
 
-    /// The presence of `subject` as an accepted contact sees it.
-    fn view_of(&self, subject: &Identifier) -> PresenceView {
-        let map = self.lock();
-        let Some(devs) = map.get(subject) else {
-            return PresenceView::offline();
-        };
-        let visible: Vec<&DeviceSession> = devs
-            .iter()
-            .filter(|d| matches!(d.state, Some(s) if s != PresenceState::Invisible))
-            .collect();
-        let state = aggregate_presence(visible.iter().filter_map(|d| d.state));
-        let message = visible
-            .iter()
-            .filter(|d| d.state == Some(state))
-            .find_map(|d| d.message.clone());
-        PresenceView {
-            state,
-            message,
-            devices: visible
-                .iter()
-                .map(|d| DeviceEndpoint {
-                    cert: d.cert.clone(),
-                    endpoint: d.endpoint.clone(),
-                    state: d.state.unwrap_or(PresenceState::Online),
-                })
-                .collect(),
-        }
-    }
-
+    /// `subject` as seen by someone whose relation to them is `relation`.
     fn entry(&self, subject: &Account, relation: Relation) -> ContactEntry {
-        let presence = if relation == Relation::Accepted {
-            self.view_of(&subject.identifier)
-        } else {
-            PresenceView::offline()
-        };
-        ContactEntry {
-            identifier: subject.identifier.clone(),
-            identity_key: subject.identity_key,
-            relation,
-            presence,
-        }
+        let map = self.lock();
+        let devices = map.get(&subject.identifier).map_or(&[][..], Vec::as_slice);
+        contact_entry(subject, relation, devices)
     }
 
     /// Pushes a frame to every session of `to`; drops it if none. Stuck sessions are ended.
@@ -212,6 +187,48 @@ impl Sessions {
     }
 }
 
+/// The presence of a person with these sessions, as an accepted contact sees it: invisible
+/// and unpublished devices are left out, the most available state wins.
+fn presence_view(devs: &[DeviceSession]) -> PresenceView {
+    let visible: Vec<&DeviceSession> = devs
+        .iter()
+        .filter(|d| matches!(d.state, Some(s) if s != PresenceState::Invisible))
+        .collect();
+    let state = aggregate_presence(visible.iter().filter_map(|d| d.state));
+    let message = visible
+        .iter()
+        .filter(|d| d.state == Some(state))
+        .find_map(|d| d.message.clone());
+    PresenceView {
+        state,
+        message,
+        devices: visible
+            .iter()
+            .map(|d| DeviceEndpoint {
+                cert: d.cert.clone(),
+                endpoint: d.endpoint.clone(),
+                state: d.state.unwrap_or(PresenceState::Online),
+            })
+            .collect(),
+    }
+}
+
+/// `subject` (whose sessions are `devs`) as seen by someone whose relation to them is
+/// `relation`: presence and addresses only for an accepted contact, offline otherwise.
+fn contact_entry(subject: &Account, relation: Relation, devs: &[DeviceSession]) -> ContactEntry {
+    let presence = if relation == Relation::Accepted {
+        presence_view(devs)
+    } else {
+        PresenceView::offline()
+    };
+    ContactEntry {
+        identifier: subject.identifier.clone(),
+        identity_key: subject.identity_key,
+        relation,
+        presence,
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct SessionParams {
     device_id: Option<String>,
@@ -245,6 +262,17 @@ pub(crate) async fn upgrade(
             "expected ?device_id=&challenge=&signature=",
         ));
     };
+    let mut ch = [0u8; 32];
+    hex::decode_to_slice(&challenge, &mut ch).map_err(|_| {
+        bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "malformed challenge; request a new one",
+        )
+    })?;
+    // Consumed on any attempt, whatever else is wrong with the request: a challenge is
+    // never answered twice.
+    let issued_for = st.sessions.take_challenge(&ch);
     let device = DeviceId::from_hex(&device).map_err(|_| {
         bad(
             ErrorCode::BadRequest,
@@ -252,14 +280,13 @@ pub(crate) async fn upgrade(
             "device_id is not a key",
         )
     })?;
-    let mut ch = [0u8; 32];
-    hex::decode_to_slice(&challenge, &mut ch).map_err(|_| {
-        bad(
+    if issued_for != Some(device) {
+        return Err(bad(
             ErrorCode::ChallengeInvalid,
             StatusCode::UNAUTHORIZED,
-            "malformed challenge",
-        )
-    })?;
+            "challenge unknown, expired or already used; request a new one",
+        ));
+    }
     let signature = Signature::from_hex(&signature).map_err(|_| {
         bad(
             ErrorCode::BadSignature,
@@ -267,13 +294,6 @@ pub(crate) async fn upgrade(
             "malformed signature",
         )
     })?;
-    if !st.sessions.take_challenge(&ch, &device) {
-        return Err(bad(
-            ErrorCode::ChallengeInvalid,
-            StatusCode::UNAUTHORIZED,
-            "challenge unknown, expired or already used; request a new one",
-        ));
-    }
     if device
         .verify(&session_transcript(&ch, &device), &signature)
         .is_err()
@@ -302,7 +322,10 @@ pub(crate) async fn upgrade(
     Ok(ws
         .max_message_size(MAX_WS_FRAME_LEN)
         .max_frame_size(MAX_WS_FRAME_LEN)
-        .on_upgrade(move |socket| run_session(st, socket, account, cert)))
+        .on_upgrade(move |socket| {
+            let tasks = st.sessions.tasks.clone();
+            tasks.track_future(run_session(st, socket, account, cert))
+        }))
 }
 
 struct Ctx {
@@ -324,15 +347,9 @@ async fn run_session(
     {
         let mut map = st.sessions.lock();
         let list = map.entry(account.identifier.clone()).or_default();
-        // A new session for the same device replaces the old one.
-        list.retain(|d| {
-            let same = d.cert.device_id == device;
-            if same {
-                d.kill.cancel();
-            }
-            !same
-        });
-        list.push(DeviceSession {
+        // A new session for the same device replaces the old one, and keeps what it
+        // published until the device publishes again: contacts see no flicker.
+        let mut session = DeviceSession {
             id,
             cert,
             state: None,
@@ -340,7 +357,15 @@ async fn run_session(
             endpoint: EndpointInfo::default(),
             tx,
             kill: kill.clone(),
-        });
+        };
+        if let Some(i) = list.iter().position(|d| d.cert.device_id == device) {
+            let old = list.swap_remove(i);
+            old.kill.cancel();
+            session.state = old.state;
+            session.message = old.message;
+            session.endpoint = old.endpoint;
+        }
+        list.push(session);
     }
     debug!(session = id, "session opened");
     let mut ctx = Ctx {
@@ -682,7 +707,7 @@ fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {
     })
 }
 
-/// Both sides accept: tell both (the entry carries presence, so each sees the other at once).
+/// Both sides accept: tell both, with each other's presence, so each sees the other at once.
 async fn accept(st: &AppState, me: &Account, them: &Account) -> Result<Reply, ApiError> {
     set_relations(
         st,
@@ -712,5 +737,119 @@ async fn accept(st: &AppState, me: &Account, them: &Account) -> Result<Reply, Ap
             contact: st.sessions.entry(them, Relation::Accepted),
         },
     );
+    // And each side's current presence, as any later change would arrive.
+    st.sessions.push(
+        &them.identifier,
+        &ServerFrame::Presence {
+            contact: st.sessions.entry(me, Relation::Accepted),
+        },
+    );
+    st.sessions.push(
+        &me.identifier,
+        &ServerFrame::Presence {
+            contact: st.sessions.entry(them, Relation::Accepted),
+        },
+    );
     Ok(Reply::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use dialtone_proto::IdentityKey;
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+
+    fn account(seed: u8) -> (Account, SigningKey) {
+        let sk = SigningKey::from_bytes(&[seed; 32]);
+        let id = Identifier::parse(&format!("p{seed}@example.com")).unwrap();
+        (
+            Account {
+                identifier: id,
+                identity_key: IdentityKey::from_signing_key(&sk),
+            },
+            sk,
+        )
+    }
+
+    fn device(identity: &SigningKey, seed: u8, state: Option<PresenceState>) -> DeviceSession {
+        let dk = SigningKey::from_bytes(&[seed; 32]);
+        let cert =
+            DeviceCertificate::issue(identity, DeviceId::from_signing_key(&dk), "d", 1).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        DeviceSession {
+            id: u64::from(seed),
+            cert,
+            state,
+            message: Some(format!("msg {seed}")),
+            endpoint: EndpointInfo {
+                addrs: vec![format!("192.0.2.{seed}:1000").parse().unwrap()],
+                relay_url: None,
+            },
+            tx,
+            kill: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn accepted_contacts_see_visible_devices_and_the_best_state() {
+        let (a, sk) = account(1);
+        let devs = [
+            device(&sk, 10, Some(PresenceState::Busy)),
+            device(&sk, 11, Some(PresenceState::Away)),
+            device(&sk, 12, Some(PresenceState::Invisible)),
+            device(&sk, 13, None),
+        ];
+        let e = contact_entry(&a, Relation::Accepted, &devs);
+        assert_eq!(e.relation, Relation::Accepted);
+        assert_eq!(e.presence.state, PresenceState::Away);
+        assert_eq!(e.presence.message.as_deref(), Some("msg 11"));
+        let states: Vec<PresenceState> = e.presence.devices.iter().map(|d| d.state).collect();
+        assert_eq!(
+            states,
+            [PresenceState::Busy, PresenceState::Away],
+            "invisible and unpublished devices are hidden"
+        );
+        assert_eq!(e.presence.devices[0].endpoint.addrs.len(), 1);
+    }
+
+    #[test]
+    fn invisible_only_is_offline_without_devices() {
+        let (a, sk) = account(2);
+        let devs = [device(&sk, 20, Some(PresenceState::Invisible))];
+        let e = contact_entry(&a, Relation::Accepted, &devs);
+        assert_eq!(e.presence, PresenceView::offline());
+        assert_eq!(
+            contact_entry(&a, Relation::Accepted, &[]).presence,
+            PresenceView::offline()
+        );
+    }
+
+    #[test]
+    fn others_see_no_presence_and_no_addresses() {
+        let (a, sk) = account(3);
+        let devs = [device(&sk, 30, Some(PresenceState::Online))];
+        for rel in [
+            Relation::None,
+            Relation::Incoming,
+            Relation::Outgoing,
+            Relation::Blocked,
+        ] {
+            let e = contact_entry(&a, rel, &devs);
+            assert_eq!(e.relation, rel);
+            assert_eq!(e.identity_key, a.identity_key);
+            assert_eq!(e.presence, PresenceView::offline(), "{rel:?}");
+        }
+    }
+
+    #[test]
+    fn challenges_are_single_use_and_bound_to_their_device() {
+        let s = Sessions::default();
+        let d1 = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
+        let c = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
+        assert_eq!(s.take_challenge(&c), Some(d1));
+        assert_eq!(s.take_challenge(&c), None);
+        let c = s.new_challenge(d1, Duration::ZERO).unwrap();
+        assert_eq!(s.take_challenge(&c), None, "expired");
+    }
 }

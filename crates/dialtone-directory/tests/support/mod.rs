@@ -18,6 +18,19 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// Whether the `curl` binary is installed; says so on stderr when it is not (the test that
+/// asks then skips, and `tests/server.rs` still covers the same answers with a Rust client).
+pub fn have_curl() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: the curl binary is not installed (scripts/setup.sh installs it)");
+    }
+    ok
+}
+
 /// `curl -s -i` with a JSON body (or none), returning status, headers and parsed body.
 pub fn curl(method: &str, url: &str, body: Option<&[u8]>, extra: &[&str]) -> Answer {
     let mut cmd = Command::new("curl");
