@@ -125,7 +125,10 @@ impl Server {
                 None
             }
         };
-        let store = store::Store::open(&config.data_dir)?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&dir))
+            .await
+            .map_err(|_| StoreError::Join)??;
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -381,10 +381,18 @@ async fn run_session(
         device_id: device,
         heartbeat_secs: heartbeat.as_secs().max(1),
     };
-    let mut ok = send(&mut sink, &welcome).await;
+    // A peer that stops reading must not hold the session (and its presence) open through a
+    // blocked write: a send that takes longer than the session timeout ends the session.
+    let limit_send = st.config.session.timeout;
+    let mut ok = send(&mut sink, limit_send, &welcome).await;
     let mut ping = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
     while ok {
+        // Checked on every turn, so a steady stream of pushes cannot starve the check.
+        if last_heard.elapsed() > st.config.session.timeout {
+            debug!(session = id, "session timed out");
+            break;
+        }
         tokio::select! {
             biased;
             _ = st.sessions.shutdown.cancelled() => break,
@@ -394,27 +402,23 @@ async fn run_session(
                 match msg {
                     Some(Ok(Message::Text(t))) => {
                         let frame = handle_text(&st, &mut ctx, t.as_str()).await;
-                        ok = send(&mut sink, &frame).await;
+                        ok = send(&mut sink, limit_send, &frame).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
-                        ok = send(&mut sink, &ServerFrame::Error { id: 0, error: e }).await;
+                        ok = send(&mut sink, limit_send, &ServerFrame::Error { id: 0, error: e }).await;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 }
             }
-            Some(frame) = rx.recv() => ok = send(&mut sink, &frame).await,
+            Some(frame) = rx.recv() => ok = send(&mut sink, limit_send, &frame).await,
             _ = ping.tick() => {
-                if last_heard.elapsed() > st.config.session.timeout {
-                    debug!(session = id, "session timed out");
-                    break;
-                }
-                ok = sink.send(Message::Ping(Vec::new().into())).await.is_ok();
+                ok = send_message(&mut sink, limit_send, Message::Ping(Vec::new().into())).await;
             }
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = send_message(&mut sink, Duration::from_secs(1), Message::Close(None)).await;
     let removed = {
         let mut map = st.sessions.lock();
         let mut removed = false;
@@ -434,14 +438,28 @@ async fn run_session(
     }
 }
 
+/// Sends one frame as JSON text; false if the session must end.
 async fn send(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    limit: Duration,
     frame: &ServerFrame,
 ) -> bool {
     match serde_json::to_string(frame) {
-        Ok(s) => sink.send(Message::Text(s.into())).await.is_ok(),
+        Ok(s) => send_message(sink, limit, Message::Text(s.into())).await,
         Err(_) => true,
     }
+}
+
+/// Sends one message within `limit`; false if it failed or took too long.
+async fn send_message(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    limit: Duration,
+    msg: Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(limit, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn handle_text(st: &AppState, ctx: &mut Ctx, text: &str) -> ServerFrame {
