@@ -205,7 +205,10 @@ impl DirectoryClient {
             reason: "session upgrade timed out".into(),
         })?;
         match res {
-            Ok((ws, _)) => Ok(ws),
+            Ok((ws, _)) => {
+                close_dead_links(&ws);
+                Ok(ws)
+            }
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp
@@ -289,5 +292,30 @@ mod tests {
         assert!(check_url("http://10.0.0.1:80").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("127.0.0.1:80").is_err());
+    }
+}
+
+/// A dead link to the directory (network changed, directory's machine gone) is closed by the
+/// kernel within this time, so the agent reconnects instead of waiting for missed pings.
+const DEAD_LINK: Duration = Duration::from_secs(8);
+
+/// TCP keepalive probes after half of [`DEAD_LINK`] of silence, two more a quarter apart, and
+/// a user timeout for unacknowledged data; the kernel does the work.
+fn close_dead_links(ws: &SessionStream) {
+    let tcp = match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s,
+        MaybeTlsStream::Rustls(s) => s.get_ref().0,
+        _ => return,
+    };
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(DEAD_LINK / 2)
+        .with_interval(DEAD_LINK / 4)
+        .with_retries(2);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(DEAD_LINK)))
+    {
+        tracing::debug!("cannot set TCP keepalive on the directory session: {e}");
     }
 }

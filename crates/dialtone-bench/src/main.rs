@@ -8,11 +8,20 @@
 //! - message round trip on an established connection (send → peer acknowledges);
 //! - cold first message: no open connection (connect + hellos + deliver + ack);
 //! - directory lookup round trip on the session;
-//! - login → contact sees presence (agent start until the contact's agent gets the push);
+//! - login → contact sees presence (agent start until the contact's agent gets the push),
+//!   over HTTPS/WSS with a private CA unless `--plain-http`;
+//! - messages per second from one person to another (`--window` sends in flight, each
+//!   acknowledged), and the CPU time of both agents per message;
 //! - baseline: a raw iroh echo (one stream per message, same frame size) between two bare
 //!   endpoints, and the ratio of Dialtone's round trip to it.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -33,6 +42,15 @@ struct Args {
     /// Login → presence measurements.
     #[arg(long, default_value_t = 20)]
     login_n: usize,
+    /// Messages in the throughput burst.
+    #[arg(long, default_value_t = 20_000)]
+    burst_n: usize,
+    /// Sends in flight at once during the burst.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Run the directory on plain HTTP (loopback) instead of HTTPS with a private CA.
+    #[arg(long)]
+    plain_http: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -93,9 +111,19 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = Directory::start();
-    let alice_p = Person::registered(&dir, ALICE);
-    let bob_p = Person::registered(&dir, BOB);
+    let tls = tempfile::tempdir()?;
+    let (dir, extra) = if args.plain_http {
+        (Directory::start(), Vec::new())
+    } else {
+        let (ca, cert, key) = private_ca(tls.path())?;
+        let dir = Directory::start_with(&["--tls-cert", &cert, "--tls-key", &key]);
+        (dir, vec!["--directory-ca".to_owned(), ca])
+    };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let alice_p = Person::new(ALICE);
+    alice_p.register_with(&dir, &extra);
+    let bob_p = Person::new(BOB);
+    bob_p.register_with(&dir, &extra);
     let alice_id = Identifier::parse(ALICE)?;
     let bob_id = Identifier::parse(BOB)?;
 
@@ -136,6 +164,33 @@ async fn main() -> anyhow::Result<()> {
         a.send(bob_id.clone(), body.clone()).await?;
         rtt.push(t.elapsed());
     }
+
+    // Throughput: `window` senders in flight, every message acknowledged.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..args.window.max(1) {
+        let (a, bob_id, body, sent, n) = (
+            a.clone(),
+            bob_id.clone(),
+            body.clone(),
+            sent.clone(),
+            args.burst_n,
+        );
+        set.spawn(async move {
+            while sent.fetch_add(1, Ordering::Relaxed) < n {
+                a.send(bob_id.clone(), body.clone()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let burst_time = t.elapsed();
+    let burst_rate = args.burst_n as f64 / burst_time.as_secs_f64();
+    let burst_cpu_us = (cpu_seconds() - cpu0) * 1e6 / args.burst_n.max(1) as f64;
 
     // Cold first message.
     let mut cold = Vec::with_capacity(args.cold_n);
@@ -196,6 +251,9 @@ async fn main() -> anyhow::Result<()> {
                 "message_rtt": s(&rtt), "cold_first_message": s(&cold), "lookup": s(&lookup),
                 "login_to_presence": s(&login), "raw_iroh_echo": s(&baseline),
                 "rtt_ratio_to_raw_iroh": ratio,
+                "burst": {"n": args.burst_n, "window": args.window, "msgs_per_s": burst_rate,
+                          "cpu_us_per_msg_both_agents": burst_cpu_us},
+                "directory_tls": !args.plain_http,
             })
         );
     } else {
@@ -216,8 +274,49 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         println!("ratio of Dialtone round trip to raw iroh echo (medians): {ratio:.2}x");
+        println!(
+            "burst: {} messages, {} in flight, each acknowledged: {burst_rate:.0} msg/s, \
+             {burst_cpu_us:.1} µs CPU per message (both agents)",
+            args.burst_n, args.window
+        );
+        println!(
+            "directory over {}",
+            if args.plain_http {
+                "plain HTTP"
+            } else {
+                "HTTPS/WSS (private CA)"
+            }
+        );
     }
     Ok(())
+}
+
+/// CPU time (user + system) of this process, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only the struct passed.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (CA, certificate, key) paths.
+fn private_ca(dir: &std::path::Path) -> anyhow::Result<(String, String, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&leaf_key, &ca)?;
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
+    std::fs::write(&paths[0], ca.as_ref().pem())?;
+    std::fs::write(&paths[1], leaf.pem())?;
+    std::fs::write(&paths[2], leaf_key.serialize_pem())?;
+    let [a, b, c] = paths.map(|p| p.display().to_string());
+    Ok((a, b, c))
 }
 
 /// Two bare iroh endpoints on loopback; one echoes every stream. Measures the same shape of

@@ -414,11 +414,11 @@ async fn register(
     let cert = home.device_cert()?;
     let ik = home.identity_key()?;
     let ts = now();
+    let transcript = register_start_transcript(&identifier, &ik, &cert, ts);
+    let device = ed25519_dalek::SigningKey::from_bytes(&home.device_secret()?);
     let req = RegisterStart {
-        signature: sign(
-            &key,
-            &register_start_transcript(&identifier, &ik, &cert, ts),
-        ),
+        signature: sign(&key, &transcript),
+        device_signature: sign(&device, &transcript),
         identifier: identifier.clone(),
         identity_key: ik,
         device_cert: cert,

@@ -248,6 +248,18 @@ async fn register_start(
             "the signature does not verify",
         ));
     }
+    if req
+        .device_cert
+        .device_id
+        .verify(&transcript, &req.device_signature)
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::BadSignature,
+            "the device signature does not verify: the device key must sign the registration",
+        ));
+    }
     {
         let now = Instant::now();
         let mut by_id = st

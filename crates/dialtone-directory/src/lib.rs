@@ -24,6 +24,7 @@
 pub mod channel;
 pub mod config;
 mod http;
+pub mod provision;
 mod sessions;
 mod store;
 
@@ -33,7 +34,7 @@ use std::{
 };
 
 use dialtone_proto::{Identifier, rules::RateLimiter};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +167,14 @@ impl Server {
         });
         let cancel = CancellationToken::new();
         let router = http::router(state.clone());
-        let task = tokio::spawn(accept_loop(listener, router, tls, cancel.clone()));
+        let dead_link = state.config.session.dead_link;
+        let task = tokio::spawn(accept_loop(
+            listener,
+            router,
+            tls,
+            dead_link,
+            cancel.clone(),
+        ));
         info!(%url, "directory listening");
         Ok(Self {
             local_addr,
@@ -238,10 +246,31 @@ fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, Bind
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// A client must send its request headers within this time (slow clients hold no socket).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lets the kernel close `stream` within `within` once the other end is gone: keepalive
+/// probes after `within / 2` of silence, two more a quarter apart, and a user timeout for
+/// data that is never acknowledged. No wake-up of ours is involved.
+fn close_dead_links(stream: &tokio::net::TcpStream, within: std::time::Duration) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(within / 2)
+        .with_interval(within / 4)
+        .with_retries(2);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(within)))
+    {
+        debug!("cannot set TCP keepalive: {e}");
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    dead_link: std::time::Duration,
     cancel: CancellationToken,
 ) {
     loop {
@@ -257,6 +286,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        close_dead_links(&stream, dead_link);
         let svc = router
             .clone()
             .layer(axum::Extension(http::ClientAddr(peer)));
@@ -264,7 +294,11 @@ async fn accept_loop(
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let result = match tls {
                 Some(acceptor) => {
                     let Ok(Ok(s)) = tokio::time::timeout(

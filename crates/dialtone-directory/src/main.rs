@@ -39,8 +39,24 @@ struct Args {
     insecure_http: bool,
 }
 
+/// Every session is a socket: lift the soft open-file limit to the hard one, as servers do.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    raise_open_file_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dialtone=info"));

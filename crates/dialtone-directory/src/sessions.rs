@@ -6,7 +6,7 @@
 //! rather than buffered for.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -18,7 +18,7 @@ use axum::{
     Extension,
     extract::{
         Query, State,
-        ws::{Message, WebSocket, WebSocketUpgrade},
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
     http::StatusCode,
     response::Response,
@@ -35,7 +35,7 @@ use dialtone_proto::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
@@ -51,6 +51,11 @@ const PUSH_QUEUE: usize = 256;
 /// refused until old ones expire, so a flood cannot grow memory without bound.
 const MAX_CHALLENGES: usize = 100_000;
 
+/// WebSocket read buffer per session. Frames are small (requests of a few hundred bytes); a
+/// larger one only grows the buffer while it is read. tungstenite's default, 128 KiB, would
+/// cost more than everything else a session holds.
+const WS_READ_BUFFER: usize = 512;
+
 #[derive(Debug)]
 struct DeviceSession {
     id: u64,
@@ -59,8 +64,54 @@ struct DeviceSession {
     state: Option<PresenceState>,
     message: Option<String>,
     endpoint: EndpointInfo,
-    tx: mpsc::Sender<ServerFrame>,
+    queue: Arc<PushQueue>,
     kill: CancellationToken,
+}
+
+/// Pushes waiting to be written to one device: JSON serialized once per fan-out and shared by
+/// every recipient. Allocates nothing while empty, so an idle session costs no queue memory
+/// (a tokio channel allocates a block of slots up front).
+#[derive(Debug, Default)]
+struct PushQueue {
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    ready: Notify,
+}
+
+impl PushQueue {
+    fn frames(&self) -> MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        self.frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a frame; false if [`PUSH_QUEUE`] are waiting already (the device is stuck).
+    fn offer(&self, frame: Utf8Bytes) -> bool {
+        {
+            let mut q = self.frames();
+            if q.len() >= PUSH_QUEUE {
+                return false;
+            }
+            q.push_back(frame);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next frame, if any; gives memory back once drained after a burst.
+    fn take(&self) -> Option<Utf8Bytes> {
+        let mut q = self.frames();
+        let f = q.pop_front();
+        if q.is_empty() {
+            // Most sessions get a push now and then: keep nothing between them.
+            *q = VecDeque::new();
+        }
+        f
+    }
+}
+
+/// A frame as the JSON text every recipient gets.
+fn encode(frame: &ServerFrame) -> Option<Utf8Bytes> {
+    serde_json::to_string(frame).ok().map(Utf8Bytes::from)
 }
 
 /// The presence registry and the outstanding session challenges.
@@ -127,30 +178,37 @@ impl Sessions {
 
     /// Pushes a frame to every session of `to`; drops it if none. Stuck sessions are ended.
     fn push(&self, to: &Identifier, frame: &ServerFrame) {
+        if let Some(text) = encode(frame) {
+            self.push_encoded(std::slice::from_ref(to), &text);
+        }
+    }
+
+    /// Pushes one encoded frame to every session of each of `to`.
+    fn push_encoded(&self, to: &[Identifier], text: &Utf8Bytes) {
         let map = self.lock();
-        for d in map.get(to).into_iter().flatten() {
-            if d.tx.try_send(frame.clone()).is_err() {
-                d.kill.cancel();
+        for who in to {
+            for d in map.get(who).into_iter().flatten() {
+                if !d.queue.offer(text.clone()) {
+                    d.kill.cancel();
+                }
             }
         }
     }
 
     /// Tells the accepted contacts of `subject` its presence now.
-    async fn fan_out(&self, st: &AppState, subject: &Identifier) {
-        let s2 = subject.clone();
-        let Ok(Some((account, watchers))) = st
-            .store
-            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
-            .await
-        else {
+    async fn fan_out(&self, st: &AppState, account: &Account) {
+        let s2 = account.identifier.clone();
+        let Ok(watchers) = st.store.run(move |c| q::accepted_of(c, &s2)).await else {
             return;
         };
-        let Ok(watchers) = watchers else { return };
+        if watchers.is_empty() {
+            return;
+        }
         let frame = ServerFrame::Presence {
-            contact: self.entry(&account, Relation::Accepted),
+            contact: self.entry(account, Relation::Accepted),
         };
-        for w in watchers {
-            self.push(&w, &frame);
+        if let Some(text) = encode(&frame) {
+            self.push_encoded(&watchers, &text);
         }
     }
 
@@ -181,8 +239,8 @@ impl Sessions {
         let frame = ServerFrame::ContactChanged {
             contact: self.entry(&account, Relation::Accepted),
         };
-        for w in watchers {
-            self.push(&w, &frame);
+        if let Some(text) = encode(&frame) {
+            self.push_encoded(&watchers, &text);
         }
     }
 }
@@ -319,14 +377,28 @@ pub(crate) async fn upgrade(
             "expected a WebSocket upgrade",
         )
     })?;
+    let start = Box::new(Start { account, cert });
     Ok(ws
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(MAX_WS_FRAME_LEN)
         .max_frame_size(MAX_WS_FRAME_LEN)
         .on_upgrade(move |socket| {
+            // Split here and box the session: the task then holds only what a live session
+            // needs (see `run_session`), not the upgrade's arguments as well.
             let tasks = st.sessions.tasks.clone();
-            tasks.track_future(run_session(st, socket, account, cert))
+            let (sink, stream) = socket.split();
+            tasks.track_future(Box::pin(run_session(st, sink, stream, start)))
         }))
 }
+
+/// Who a new session belongs to (boxed: it travels through the upgrade).
+struct Start {
+    account: Account,
+    cert: DeviceCertificate,
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 struct Ctx {
     account: Account,
@@ -334,19 +406,21 @@ struct Ctx {
     limiter: RateLimiter<()>,
 }
 
-async fn run_session(
-    st: Arc<AppState>,
-    socket: WebSocket,
-    account: Account,
-    cert: DeviceCertificate,
-) {
-    let (tx, mut rx) = mpsc::channel::<ServerFrame>(PUSH_QUEUE);
+/// One device's session, from the upgrade to the close. Every session of the directory is one
+/// of these futures, so it is kept small: large values are never held across an await
+/// (frames are encoded before they are sent), and the rare large steps are boxed.
+async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, start: Box<Start>) {
+    let Start { account, cert } = *start;
+    let queue = Arc::new(PushQueue::default());
     let kill = CancellationToken::new();
     let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
     let device = cert.device_id;
     {
         let mut map = st.sessions.lock();
-        let list = map.entry(account.identifier.clone()).or_default();
+        // Almost every person has one device online: room for exactly one.
+        let list = map
+            .entry(account.identifier.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         // A new session for the same device replaces the old one, and keeps what it
         // published until the device publishes again: contacts see no flicker.
         let mut session = DeviceSession {
@@ -355,7 +429,7 @@ async fn run_session(
             state: None,
             message: None,
             endpoint: EndpointInfo::default(),
-            tx,
+            queue: queue.clone(),
             kill: kill.clone(),
         };
         if let Some(i) = list.iter().position(|d| d.cert.device_id == device) {
@@ -373,7 +447,6 @@ async fn run_session(
         session: id,
         limiter: RateLimiter::new(st.config.limits.session_requests.rule()),
     };
-    let (mut sink, mut stream) = socket.split();
     let heartbeat = st.config.session.heartbeat;
     let welcome = ServerFrame::Welcome {
         identifier: ctx.account.identifier.clone(),
@@ -384,7 +457,9 @@ async fn run_session(
     // A peer that stops reading must not hold the session (and its presence) open through a
     // blocked write: a send that takes longer than the session timeout ends the session.
     let limit_send = st.config.session.timeout;
-    let mut ok = send(&mut sink, limit_send, &welcome).await;
+    let text = encode(&welcome);
+    drop(welcome);
+    let mut ok = send(&mut sink, limit_send, text).await;
     let mut ping = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
     while ok {
@@ -401,18 +476,25 @@ async fn run_session(
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(t))) => {
-                        let frame = handle_text(&st, &mut ctx, t.as_str()).await;
-                        ok = send(&mut sink, limit_send, &frame).await;
+                        // Boxed: the request handling is the bulk of this future, and an
+                        // idle session should not carry its space.
+                        let text = encode(&Box::pin(handle_text(&st, &mut ctx, t.as_str())).await);
+                        ok = send(&mut sink, limit_send, text).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
-                        ok = send(&mut sink, limit_send, &ServerFrame::Error { id: 0, error: e }).await;
+                        let text = encode(&ServerFrame::Error { id: 0, error: e });
+                        ok = send(&mut sink, limit_send, text).await;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 }
             }
-            Some(frame) = rx.recv() => ok = send(&mut sink, limit_send, &frame).await,
+            () = queue.ready.notified() => {
+                while ok && let Some(text) = queue.take() {
+                    ok = send_message(&mut sink, limit_send, Message::Text(text)).await;
+                }
+            }
             _ = ping.tick() => {
                 ok = send_message(&mut sink, limit_send, Message::Ping(Vec::new().into())).await;
             }
@@ -434,28 +516,20 @@ async fn run_session(
     };
     debug!(session = id, "session closed");
     if removed {
-        st.sessions.fan_out(&st, &ctx.account.identifier).await;
+        Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
     }
 }
 
 /// Sends one frame as JSON text; false if the session must end.
-async fn send(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    limit: Duration,
-    frame: &ServerFrame,
-) -> bool {
-    match serde_json::to_string(frame) {
-        Ok(s) => send_message(sink, limit, Message::Text(s.into())).await,
-        Err(_) => true,
+async fn send(sink: &mut Sink, limit: Duration, text: Option<Utf8Bytes>) -> bool {
+    match text {
+        Some(text) => send_message(sink, limit, Message::Text(text)).await,
+        None => true,
     }
 }
 
 /// Sends one message within `limit`; false if it failed or took too long.
-async fn send_message(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    limit: Duration,
-    msg: Message,
-) -> bool {
+async fn send_message(sink: &mut Sink, limit: Duration, msg: Message) -> bool {
     matches!(
         tokio::time::timeout(limit, sink.send(msg)).await,
         Ok(Ok(()))
@@ -565,18 +639,32 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                     format!("more than {MAX_ADDRS} addresses"),
                 ));
             }
-            {
+            let changed = {
                 let mut map = st.sessions.lock();
-                if let Some(d) = map
+                match map
                     .get_mut(&me)
                     .and_then(|l| l.iter_mut().find(|d| d.id == ctx.session))
                 {
-                    d.state = Some(state);
-                    d.message = message;
-                    d.endpoint = endpoint;
+                    // A refresh that changes nothing tells the contacts nothing.
+                    Some(d)
+                        if d.state == Some(state)
+                            && d.message == message
+                            && d.endpoint == endpoint =>
+                    {
+                        false
+                    }
+                    Some(d) => {
+                        d.state = Some(state);
+                        d.message = message;
+                        d.endpoint = endpoint;
+                        true
+                    }
+                    None => false,
                 }
+            };
+            if changed {
+                st.sessions.fan_out(st, &ctx.account).await;
             }
-            st.sessions.fan_out(st, &me).await;
             Ok(Reply::Done)
         }
         Request::Contacts => {
@@ -588,8 +676,22 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
         }
         Request::Lookup { identifier } => {
             limit(ctx)?;
-            let account = account_of(st, &identifier).await?;
-            let rel = relation(st, &me, &identifier).await?;
+            let who = identifier.clone();
+            let found = st
+                .store
+                .run(move |c| {
+                    Ok(match q::account(c, &who)? {
+                        Some(a) => Some((a, q::relation(c, &me, &who)?)),
+                        None => None,
+                    })
+                })
+                .await?;
+            let (account, rel) = found.ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no one is registered as {identifier}"),
+                )
+            })?;
             Ok(Reply::Lookup {
                 contact: st.sessions.entry(&account, rel),
             })
@@ -794,7 +896,6 @@ mod tests {
         let dk = SigningKey::from_bytes(&[seed; 32]);
         let cert =
             DeviceCertificate::issue(identity, DeviceId::from_signing_key(&dk), "d", 1).unwrap();
-        let (tx, _rx) = mpsc::channel(1);
         DeviceSession {
             id: u64::from(seed),
             cert,
@@ -804,7 +905,7 @@ mod tests {
                 addrs: vec![format!("192.0.2.{seed}:1000").parse().unwrap()],
                 relay_url: None,
             },
-            tx,
+            queue: Arc::default(),
             kill: CancellationToken::new(),
         }
     }

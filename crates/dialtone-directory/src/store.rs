@@ -60,6 +60,9 @@ pub enum StoreError {
     /// The blocking task failed.
     #[error("database task failed")]
     Join,
+    /// Data handed in to be written is invalid (bulk provisioning).
+    #[error("invalid input: {0}")]
+    Invalid(String),
 }
 
 /// An account: an identifier bound to an identity key.
@@ -158,6 +161,14 @@ impl Store {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` with the connection on this thread (outside the runtime).
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&mut self.lock())
     }
 
     /// Runs `f` with the connection on a blocking thread.
@@ -289,11 +300,25 @@ pub(crate) mod q {
         now: u64,
     ) -> Result<(bool, Vec<DeviceId>), StoreError> {
         let tx = c.transaction()?;
-        let old = account(&tx, id)?;
+        let r = bind_in(&tx, id, key, cert, now)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// [`bind`] inside a transaction the caller commits (bulk provisioning binds many at
+    /// once).
+    pub(crate) fn bind_in(
+        tx: &Connection,
+        id: &Identifier,
+        key: &IdentityKey,
+        cert: &DeviceCertificate,
+        now: u64,
+    ) -> Result<(bool, Vec<DeviceId>), StoreError> {
+        let old = account(tx, id)?;
         let replaced = old.as_ref().is_some_and(|a| a.identity_key != *key);
         let mut removed = Vec::new();
         if replaced {
-            for d in devices(&tx, id)? {
+            for d in devices(tx, id)? {
                 removed.push(d.device_id);
             }
             tx.execute("DELETE FROM devices WHERE identifier = ?1", [id.as_str()])?;
@@ -323,7 +348,6 @@ pub(crate) mod q {
             "DELETE FROM pending_verifications WHERE identifier = ?1",
             [id.as_str()],
         )?;
-        tx.commit()?;
         Ok((replaced, removed))
     }
 

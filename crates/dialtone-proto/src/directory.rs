@@ -50,6 +50,9 @@ pub struct RegisterStart {
     pub timestamp: u64,
     /// Identity key's signature over [`crate::keys::register_start_transcript`].
     pub signature: Signature,
+    /// The device key's signature over the same transcript: proof that whoever registers
+    /// holds the device key, not only its public id (which lookups reveal).
+    pub device_signature: Signature,
 }
 
 /// Answer to [`RegisterStart`].

@@ -97,11 +97,10 @@ pub fn keys(seed: u8) -> Keys {
 pub fn start_body(k: &Keys, id: &str, ts: u64) -> Vec<u8> {
     let identifier = Identifier::parse(id).unwrap();
     let ik = IdentityKey::from_signing_key(&k.identity);
+    let transcript = register_start_transcript(&identifier, &ik, &k.cert, ts);
     let req = RegisterStart {
-        signature: sign(
-            &k.identity,
-            &register_start_transcript(&identifier, &ik, &k.cert, ts),
-        ),
+        signature: sign(&k.identity, &transcript),
+        device_signature: sign(&k.device, &transcript),
         identifier,
         identity_key: ik,
         device_cert: k.cert.clone(),

@@ -1,0 +1,828 @@
+//! `dialtone-loadgen`: how many live sessions one directory holds, and what they cost.
+//!
+//! Run: `scripts/loadgen.sh --sessions 100000` (builds release binaries, raises the open-file
+//! limit, runs this). It
+//!
+//! 1. generates N people (an identity key and one certified device each) and provisions them,
+//!    with a ring of mutual contacts (each person has `--contacts` of them), straight into a
+//!    fresh data folder ([`dialtone_directory::provision`]);
+//! 2. starts the real `dialtone-directory` binary on 127.0.0.1 (rate limits per IP lifted:
+//!    every simulated device comes from one of a few loopback addresses);
+//! 3. logs every device in as an agent does (HTTP challenge, Ed25519 signature, WebSocket
+//!    upgrade, publish), from `--sources` addresses 127.0.0.x so ephemeral ports do not run
+//!    out, and keeps the sessions open, answering the directory's pings;
+//! 4. measures: logins per second, directory memory per session (RSS growth ÷ sessions),
+//!    directory CPU and bytes per idle session, presence fan-out latency to contacts under
+//!    churn (publisher's clock to contact's clock, one process), lookups per second and
+//!    authenticated presence publishes per second (closed loops, `--window` outstanding), and
+//!    the directory's CPU time per operation.
+//!
+//! Every phase is bounded in time and count; the directory is stopped at the end.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use dialtone_directory::provision::{Person, provision};
+use dialtone_proto::{
+    DeviceCertificate, DeviceId, Identifier,
+    directory::{Challenge, ClientFrame, EndpointInfo, PresenceState, Request},
+    keys::{session_transcript, sign},
+};
+use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::{
+    net::TcpSocket,
+    sync::{Semaphore, mpsc, oneshot},
+};
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Dialtone directory load generator")]
+struct Args {
+    /// Simulated devices (one person each), all kept online at once.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Mutual contacts per person (a ring: the nearest neighbours on each side).
+    #[arg(long, default_value_t = 10)]
+    contacts: usize,
+    /// Loopback source addresses 127.0.0.1..=127.0.0.N (about 28 000 ports each).
+    #[arg(long)]
+    sources: Option<u8>,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_window: usize,
+    /// Requests in flight at once in the closed-loop phases (sipp's `-l 200` likewise).
+    #[arg(long, default_value_t = 200)]
+    window: usize,
+    /// Seconds of the idle phase (CPU and bytes per idle session).
+    #[arg(long, default_value_t = 10.0)]
+    idle_secs: f64,
+    /// Seconds of presence churn (fan-out latency).
+    #[arg(long, default_value_t = 10.0)]
+    churn_secs: f64,
+    /// Presence changes per second during churn (each fans out to the online contacts).
+    #[arg(long, default_value_t = 1000)]
+    churn_rate: u32,
+    /// Seconds of the closed-loop lookup phase.
+    #[arg(long, default_value_t = 5.0)]
+    lookup_secs: f64,
+    /// Seconds of the closed-loop publish phase.
+    #[arg(long, default_value_t = 10.0)]
+    publish_secs: f64,
+    /// The directory binary (default: next to this one).
+    #[arg(long)]
+    directory_bin: Option<PathBuf>,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a session task is asked to send; the reply (or error) is reported on `done`.
+struct Cmd {
+    text: String,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Sessions that came up (set once, read by the request builders).
+static LIVE_N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn live_n() -> usize {
+    LIVE_N.get().copied().unwrap_or(1).max(1)
+}
+
+/// Shared counters and samples.
+#[derive(Default)]
+struct Shared {
+    /// Fan-out latencies in µs (publisher's send → a contact's receipt).
+    fanout_us: Mutex<Vec<u32>>,
+    /// Whether fan-out samples are being taken.
+    sampling: std::sync::atomic::AtomicBool,
+    pushes: AtomicU64,
+    errors: AtomicU64,
+    closed: AtomicUsize,
+    base: std::sync::OnceLock<Instant>,
+}
+
+impl Shared {
+    fn micros(&self) -> u64 {
+        self.base.get_or_init(Instant::now).elapsed().as_micros() as u64
+    }
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    contact: Option<PeekContact>,
+}
+#[derive(Deserialize)]
+struct PeekContact {
+    presence: PeekPresence,
+}
+#[derive(Deserialize)]
+struct PeekPresence {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn identifier(i: usize) -> Identifier {
+    Identifier::parse(&format!("lg{i}@load.test")).expect("valid email")
+}
+
+fn key(i: usize, what: u8) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    seed[8] = what;
+    seed[31] = 0x5a;
+    SigningKey::from_bytes(&seed)
+}
+
+/// Generates the people on all cores.
+fn people(n: usize) -> anyhow::Result<Vec<(Person, SigningKey)>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = n.div_ceil(threads).max(1);
+    let mut out = Vec::with_capacity(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                s.spawn(move || {
+                    (start..(start + chunk).min(n))
+                        .map(|i| {
+                            let id = key(i, 1);
+                            let dev = key(i, 2);
+                            let cert = DeviceCertificate::issue(
+                                &id,
+                                DeviceId::from_signing_key(&dev),
+                                "loadgen",
+                                1_700_000_000,
+                            )?;
+                            Ok((
+                                Person {
+                                    identifier: identifier(i),
+                                    device: cert,
+                                },
+                                dev,
+                            ))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            out.extend(h.join().expect("keygen thread")?);
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A ring: i is a contact of i±1 … i±k/2.
+fn ring(n: usize, k: usize) -> Vec<(usize, usize)> {
+    let half = (k / 2).min(n.saturating_sub(1) / 2);
+    let mut pairs = Vec::with_capacity(n * half);
+    for i in 0..n {
+        for d in 1..=half {
+            pairs.push((i, (i + d) % n));
+        }
+    }
+    pairs
+}
+
+/// Raises the open-file limit as far as allowed (the child directory inherits it).
+fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit write/read only the struct passed.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_max < want {
+            let bigger = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &bigger) == 0 {
+                return want;
+            }
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+/// A process's resident memory (bytes) and CPU time (seconds) from /proc.
+fn proc_stats(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((rss_kb * 1024, ticks as f64 / hz))
+}
+
+/// TCP payload bytes (sent + received) on the directory's side of all its sessions.
+fn tcp_bytes(port: u16) -> u64 {
+    let Ok(out) = Command::new("ss")
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    for word in text.split_whitespace() {
+        for key in ["bytes_sent:", "bytes_received:"] {
+            if let Some(v) = word.strip_prefix(key) {
+                total += v.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+struct Dir {
+    child: Child,
+    url: String,
+    port: u16,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_directory(bin: &Path, data: &Path) -> anyhow::Result<Dir> {
+    let config = data.join("loadgen.toml");
+    // Every simulated device comes from a handful of loopback addresses: the per-IP limits
+    // that protect a real directory from one abusive host would throttle the test itself.
+    std::fs::write(
+        &config,
+        "[limits]\nrequests_per_ip = { burst = 1000000, every = \"1us\" }\n\
+         session_requests = { burst = 1000000, every = \"1us\" }\n",
+    )?;
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(data)
+        .arg("--verify-outbox")
+        .arg(data.join("outbox"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the directory did not print its address")?;
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .context("no port in the URL")?;
+    Ok(Dir { child, url, port })
+}
+
+/// Logs one device in and spawns its session task. Returns the command channel.
+async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    source: IpAddr,
+    device: &SigningKey,
+    i: usize,
+    shared: Arc<Shared>,
+) -> anyhow::Result<mpsc::Sender<Cmd>> {
+    let dev = DeviceId::from_signing_key(device);
+    let c: Challenge = http
+        .post(format!("{base}/v1/session/challenge"))
+        .json(&json!({ "device_id": dev }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut ch = [0u8; 32];
+    hex::decode_to_slice(&c.challenge, &mut ch)?;
+    let sig = sign(device, &session_transcript(&ch, &dev));
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?;
+    let url = format!(
+        "ws://{addr}/v1/session?device_id={dev}&challenge={}&signature={sig}",
+        c.challenge
+    );
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(source, 0))?;
+    let tcp = sock.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
+    // Welcome first.
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => {}
+        other => bail!("expected welcome, got {other:?}"),
+    }
+    // Publish once, as an agent does on login.
+    ws.send(Message::Text(
+        publish_text(PresenceState::Online, None).into(),
+    ))
+    .await?;
+    let (tx, rx) = mpsc::channel::<Cmd>(4);
+    tokio::spawn(session_task(ws, rx, shared, i));
+    Ok(tx)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, _i: usize) {
+    // Replies come back in order; the first outstanding is the login publish.
+    let mut waiting: VecDeque<Option<oneshot::Sender<bool>>> = VecDeque::from([None]);
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(p) = serde_json::from_str::<Peek>(&t) else { continue };
+                    match p.kind.as_str() {
+                        "reply" | "error" => {
+                            let ok = p.kind == "reply";
+                            if !ok {
+                                shared.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(Some(done)) = waiting.pop_front() {
+                                let _ = done.send(ok);
+                            }
+                        }
+                        "presence" => {
+                            shared.pushes.fetch_add(1, Ordering::Relaxed);
+                            if shared.sampling.load(Ordering::Relaxed)
+                                && let Some(t0) = p
+                                    .contact
+                                    .and_then(|c| c.presence.message)
+                                    .and_then(|m| m.strip_prefix("lg:")?.parse::<u64>().ok())
+                            {
+                                let dt = shared.micros().saturating_sub(t0);
+                                shared
+                                    .fanout_us
+                                    .lock()
+                                    .expect("samples")
+                                    .push(dt.min(u64::from(u32::MAX)) as u32);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            cmd = rx.recv() => match cmd {
+                Some(c) => {
+                    if ws.send(Message::Text(c.text.into())).await.is_err() {
+                        break;
+                    }
+                    waiting.push_back(c.done);
+                }
+                None => {
+                    let _ = ws.close(None).await;
+                    break;
+                }
+            },
+        }
+    }
+    shared.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+fn publish_text(state: PresenceState, message: Option<String>) -> String {
+    let f = ClientFrame {
+        id: 1,
+        request: Request::Publish {
+            state,
+            message,
+            endpoint: EndpointInfo {
+                addrs: vec![
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 4433),
+                    "[2001:db8::1]:4433".parse().expect("literal"),
+                ],
+                relay_url: None,
+            },
+        },
+    };
+    serde_json::to_string(&f).expect("serializable")
+}
+
+fn lookup_text(who: &Identifier) -> String {
+    let f = ClientFrame {
+        id: 1,
+        request: Request::Lookup {
+            identifier: who.clone(),
+        },
+    };
+    serde_json::to_string(&f).expect("serializable")
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Pct {
+    n: usize,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn pct(mut v: Vec<u32>) -> Pct {
+    if v.is_empty() {
+        return Pct::default();
+    }
+    v.sort_unstable();
+    let q = |p: f64| f64::from(v[((v.len() as f64 - 1.0) * p).round() as usize]);
+    Pct {
+        n: v.len(),
+        median: q(0.5),
+        p99: q(0.99),
+        max: q(1.0),
+    }
+}
+
+/// Closed loop: `window` workers each send a request built by `make(k)` on session `k % n`
+/// (k counts up), wait for its answer, and go again, until `secs` pass. Returns
+/// (answered, failed, elapsed).
+async fn closed_loop(
+    sessions: &Arc<Vec<mpsc::Sender<Cmd>>>,
+    window: usize,
+    secs: f64,
+    make: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> (u64, u64, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..window {
+        let (sessions, next, ok, bad, make) = (
+            sessions.clone(),
+            next.clone(),
+            ok.clone(),
+            bad.clone(),
+            make.clone(),
+        );
+        set.spawn(async move {
+            while Instant::now() < deadline {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let (done, answer) = oneshot::channel();
+                let cmd = Cmd {
+                    text: make(k),
+                    done: Some(done),
+                };
+                if sessions[k % sessions.len()].send(cmd).await.is_err() {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_secs(10), answer).await {
+                    Ok(Ok(true)) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    (
+        ok.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+        t0.elapsed(),
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // reqwest needs a process-wide crypto provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n = args.sessions;
+    if n < 2 {
+        bail!("--sessions must be at least 2");
+    }
+    let sources = args
+        .sources
+        .unwrap_or_else(|| u8::try_from(n / 20_000 + 1).unwrap_or(u8::MAX))
+        .max(1);
+    let nofile = raise_nofile(2 * n as u64 + 4096);
+    if nofile < n as u64 + 1024 {
+        bail!(
+            "the open-file limit is {nofile}, too low for {n} sessions: run as root (the \
+             limit is raised automatically) or raise `ulimit -n` to at least {}",
+            n + 1024
+        );
+    }
+    let bin = match &args.directory_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("dialtone-directory"),
+    };
+    let shared = Arc::new(Shared::default());
+    let _ = shared.micros();
+
+    let t = Instant::now();
+    let folks = people(n)?;
+    let keygen = t.elapsed();
+    let data = tempfile::tempdir()?;
+    let t = Instant::now();
+    let persons: Vec<Person> = folks.iter().map(|(p, _)| p.clone()).collect();
+    provision(data.path(), &persons, &ring(n, args.contacts))?;
+    drop(persons);
+    let seed_time = t.elapsed();
+    let ids: Vec<Identifier> = folks.iter().map(|(p, _)| p.identifier.clone()).collect();
+    let devices: Vec<SigningKey> = folks.into_iter().map(|(_, d)| d).collect();
+    eprintln!(
+        "loadgen: {n} people generated in {:.1} s, provisioned in {:.1} s",
+        keygen.as_secs_f64(),
+        seed_time.as_secs_f64()
+    );
+
+    let dir = start_directory(&bin, data.path())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss0, _) = proc_stats(dir.child.id())?;
+
+    // Log everyone in.
+    let clients: Vec<reqwest::Client> = (1..=sources)
+        .map(|k| {
+            reqwest::Client::builder()
+                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+                .pool_max_idle_per_host(args.connect_window)
+                .no_proxy()
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    let gate = Arc::new(Semaphore::new(args.connect_window));
+    let devices = Arc::new(devices);
+    let t = Instant::now();
+    let (_, cpu0) = proc_stats(dir.child.id())?;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = gate.clone().acquire_owned().await?;
+        let k = i % sources as usize;
+        let http = clients[k].clone();
+        let base = dir.url.clone();
+        let devices = devices.clone();
+        let shared = shared.clone();
+        set.spawn(async move {
+            let _permit = permit;
+            let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8 + 1));
+            let r = tokio::time::timeout(
+                Duration::from_secs(60),
+                login(&http, &base, src, &devices[i], i, shared),
+            )
+            .await;
+            (i, r)
+        });
+    }
+    let mut senders: Vec<Option<mpsc::Sender<Cmd>>> = (0..n).map(|_| None).collect();
+    let mut failures = 0usize;
+    let mut first_error = None;
+    while let Some(r) = set.join_next().await {
+        match r? {
+            (i, Ok(Ok(tx))) => senders[i] = Some(tx),
+            (_, Ok(Err(e))) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            (_, Err(_)) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| "login timed out".to_owned());
+            }
+        }
+    }
+    let login_time = t.elapsed();
+    let (_, cpu1) = proc_stats(dir.child.id())?;
+    let logged_in = n - failures;
+    let login_rate = logged_in as f64 / login_time.as_secs_f64();
+    let login_cpu_us = (cpu1 - cpu0) * 1e6 / logged_in.max(1) as f64;
+    eprintln!(
+        "loadgen: {logged_in}/{n} sessions in {:.1} s ({login_rate:.0}/s){}",
+        login_time.as_secs_f64(),
+        first_error
+            .as_ref()
+            .map(|e| format!("; first failure: {e}"))
+            .unwrap_or_default()
+    );
+    let live: Vec<(usize, mpsc::Sender<Cmd>)> = senders
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s?)))
+        .collect();
+    if live.len() < 2 {
+        bail!("fewer than two sessions came up");
+    }
+    let _ = LIVE_N.set(live.len());
+    let live_idx: Arc<Vec<usize>> = Arc::new(live.iter().map(|(i, _)| *i).collect());
+    let live_tx: Arc<Vec<mpsc::Sender<Cmd>>> = Arc::new(live.into_iter().map(|(_, s)| s).collect());
+
+    // Let the login publishes settle, then measure memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, _) = proc_stats(dir.child.id())?;
+    let per_session = rss1.saturating_sub(rss0) as f64 / logged_in.max(1) as f64;
+
+    // Idle: nothing but the directory's heartbeats.
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let b0 = tcp_bytes(dir.port);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
+    let idle_wall = t.elapsed().as_secs_f64();
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let b1 = tcp_bytes(dir.port);
+    let idle_cpu_pct = (c1 - c0) / idle_wall * 100.0;
+    let idle_cpu_us_per_session_s = (c1 - c0) * 1e6 / idle_wall / logged_in as f64;
+    let idle_bytes_per_session_s = b1.saturating_sub(b0) as f64 / idle_wall / logged_in as f64;
+
+    // Churn: open loop at `churn_rate` presence changes per second; latency at the contacts.
+    shared.sampling.store(true, Ordering::Relaxed);
+    let pushes0 = shared.pushes.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let total = (args.churn_rate as f64 * args.churn_secs) as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    let mut k = 0usize;
+    while sent < total && t.elapsed().as_secs_f64() < args.churn_secs + 5.0 {
+        tick.tick().await;
+        let due = ((t.elapsed().as_secs_f64() * args.churn_rate as f64) as u64).min(total);
+        while sent < due {
+            k = (k + 7919) % live_tx.len();
+            let state = if sent % 2 == 0 {
+                PresenceState::Away
+            } else {
+                PresenceState::Online
+            };
+            let text = publish_text(state, Some(format!("lg:{}", shared.micros())));
+            let _ = live_tx[k].try_send(Cmd { text, done: None });
+            sent += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shared.sampling.store(false, Ordering::Relaxed);
+    let churn_pushes = shared.pushes.load(Ordering::Relaxed) - pushes0;
+    let fanout = pct(std::mem::take(
+        &mut *shared.fanout_us.lock().expect("samples"),
+    ));
+
+    // Lookups: each session looks up its ring neighbour (an accepted contact).
+    let ids = Arc::new(ids);
+    let (li, lidx) = (ids.clone(), live_idx.clone());
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let (lk_ok, lk_bad, lk_t) = closed_loop(
+        &live_tx,
+        args.window,
+        args.lookup_secs,
+        Arc::new(move |k| {
+            let me = lidx[k % lidx.len()];
+            lookup_text(&li[(me + 1) % li.len()])
+        }),
+    )
+    .await;
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let lookup_rate = lk_ok as f64 / lk_t.as_secs_f64();
+    let lookup_cpu_us = (c1 - c0) * 1e6 / lk_ok.max(1) as f64;
+
+    // Presence changes: each one fanned out to the online contacts.
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let (ch_ok, ch_bad, ch_t) = closed_loop(
+        &live_tx,
+        args.window,
+        args.publish_secs,
+        Arc::new(|k| {
+            // Every session's state flips on each visit: always a change.
+            let state = if (k / live_n()) % 2 == 0 {
+                PresenceState::Away
+            } else {
+                PresenceState::Online
+            };
+            publish_text(state, None)
+        }),
+    )
+    .await;
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let change_rate = ch_ok as f64 / ch_t.as_secs_f64();
+    let change_cpu_us = (c1 - c0) * 1e6 / ch_ok.max(1) as f64;
+
+    // Session refreshes: an authenticated publish of the state the device already has (what
+    // an agent sends when its addresses are re-checked); nothing to fan out.
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let (pb_ok, pb_bad, pb_t) = closed_loop(
+        &live_tx,
+        args.window,
+        args.publish_secs,
+        Arc::new(|_| publish_text(PresenceState::Online, None)),
+    )
+    .await;
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let publish_rate = pb_ok as f64 / pb_t.as_secs_f64();
+    let publish_cpu_us = (c1 - c0) * 1e6 / pb_ok.max(1) as f64;
+    let (rss_end, _) = proc_stats(dir.child.id())?;
+
+    let still_open = live_tx.len() - shared.closed.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    drop(live_tx);
+    drop(dir);
+
+    let report = json!({
+        "sessions_target": n,
+        "sessions_held": logged_in,
+        "sessions_open_at_end": still_open,
+        "sources": sources,
+        "contacts_per_person": args.contacts,
+        "login_per_s": login_rate,
+        "login_dir_cpu_us": login_cpu_us,
+        "rss_before_mib": rss0 as f64 / 1048576.0,
+        "rss_after_login_mib": rss1 as f64 / 1048576.0,
+        "rss_end_mib": rss_end as f64 / 1048576.0,
+        "bytes_per_session": per_session,
+        "idle_dir_cpu_percent": idle_cpu_pct,
+        "idle_dir_cpu_us_per_session_per_s": idle_cpu_us_per_session_s,
+        "idle_tcp_payload_bytes_per_session_per_s": idle_bytes_per_session_s,
+        "churn_publishes": sent,
+        "churn_pushes_received": churn_pushes,
+        "fanout_latency_us": {"n": fanout.n, "median": fanout.median, "p99": fanout.p99, "max": fanout.max},
+        "lookups_per_s": lookup_rate,
+        "lookup_failures": lk_bad,
+        "lookup_dir_cpu_us": lookup_cpu_us,
+        "presence_changes_per_s": change_rate,
+        "presence_change_failures": ch_bad,
+        "presence_change_dir_cpu_us": change_cpu_us,
+        "publishes_per_s": publish_rate,
+        "publish_failures": pb_bad,
+        "publish_dir_cpu_us": publish_cpu_us,
+        "error_frames": errors,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if failures > 0 || still_open < logged_in {
+        bail!(
+            "{failures} logins failed and {} sessions closed early",
+            logged_in - still_open
+        );
+    }
+    Ok(())
+}
