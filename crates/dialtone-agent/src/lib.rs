@@ -499,7 +499,10 @@ impl Inner {
                 .cloned()
                 .collect();
             for id in stale {
-                self.lock().contacts.remove(&id);
+                // No longer a contact of any kind: nothing of theirs may stay open.
+                let mut st = self.lock();
+                st.contacts.remove(&id);
+                close_connections_of(&mut st, &id);
             }
             for c in contacts {
                 self.update_contact(c, false);
@@ -523,7 +526,7 @@ impl Inner {
 
     /// Records what the directory says about a contact, pins its key on first acceptance,
     /// and warns on a key that differs from the pin.
-    fn update_contact(&self, c: ContactEntry, relation_push: bool) {
+    pub(crate) fn update_contact(&self, c: ContactEntry, relation_push: bool) {
         let mut events = Vec::new();
         {
             let mut st = self.lock();
@@ -575,20 +578,12 @@ impl Inner {
                     });
                 }
             }
+            if c.relation != Relation::Accepted {
+                // Removed, blocked, or only asked: they may not talk to us (any more).
+                close_connections_of(&mut st, &c.identifier);
+            }
             if c.relation == Relation::None {
                 st.contacts.remove(&c.identifier);
-                // A removed contact may no longer talk to us: drop their connections.
-                let gone: Vec<DeviceId> = st
-                    .conns
-                    .iter()
-                    .filter(|(_, pc)| pc.identifier == c.identifier)
-                    .map(|(d, _)| *d)
-                    .collect();
-                for d in gone {
-                    if let Some(pc) = st.conns.remove(&d) {
-                        dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::NotAContact);
-                    }
-                }
             } else {
                 // Connections to devices that went offline are dead or soon will be: forget
                 // them, so the next message dials afresh instead of waiting on a stale path.
@@ -761,29 +756,44 @@ impl AgentHandle {
     /// contact whose key was verified: they must be verified again ([`AgentHandle::verify`]).
     pub async fn trust(&self, who: Identifier) -> Result<String, SendError> {
         let contact = self.lookup(who.clone()).await?;
-        let mut st = self.inner.lock();
-        if let Some(pin) = st.pins.get(&who)
-            && pin.verified
-            && pin.identity_key != contact.identity_key
         {
-            return Err(SendError::Invalid(format!(
-                "you had verified {who}'s key, and it changed: compare the new safety number with \
-                 `dialtone contacts verify {who}`, then confirm with --confirm"
-            )));
+            let mut st = self.inner.lock();
+            if let Some(pin) = st.pins.get(&who)
+                && pin.verified
+                && pin.identity_key != contact.identity_key
+            {
+                return Err(SendError::Invalid(format!(
+                    "you had verified {who}'s key, and it changed: compare the new safety number with \
+                     `dialtone contacts verify {who}`, then confirm with --confirm"
+                )));
+            }
+            st.pins.insert(
+                who.clone(),
+                Pin {
+                    identity_key: contact.identity_key,
+                    pinned_at: now_secs(),
+                    verified: false,
+                },
+            );
+            self.inner
+                .home
+                .save_pins(&st.pins)
+                .map_err(|e| SendError::Invalid(e.to_string()))?;
         }
-        st.pins.insert(
-            who,
-            Pin {
-                identity_key: contact.identity_key,
-                pinned_at: now_secs(),
-                verified: false,
-            },
-        );
-        self.inner
-            .home
-            .save_pins(&st.pins)
-            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        self.reconfirm(&who, &contact).await?;
         Ok(contact.identity_key.fingerprint().to_string())
+    }
+
+    /// After a contact's key changed, the directory shows them our presence again only once
+    /// we confirm their new key: a contact request to an accepted contact does that.
+    async fn reconfirm(&self, who: &Identifier, contact: &ContactEntry) -> Result<(), SendError> {
+        if contact.relation == Relation::Accepted {
+            self.inner
+                .session
+                .request(Request::ContactRequest { to: who.clone() })
+                .await?;
+        }
+        Ok(())
     }
 
     /// The safety number with `who` over our identity key and the key the directory has for
@@ -794,21 +804,25 @@ impl AgentHandle {
             (&self.inner.identifier, &self.inner.identity_key),
             (&who, &contact.identity_key),
         );
-        let mut st = self.inner.lock();
         if confirm {
-            st.pins.insert(
-                who.clone(),
-                Pin {
-                    identity_key: contact.identity_key,
-                    pinned_at: now_secs(),
-                    verified: true,
-                },
-            );
-            self.inner
-                .home
-                .save_pins(&st.pins)
-                .map_err(|e| SendError::Invalid(e.to_string()))?;
+            {
+                let mut st = self.inner.lock();
+                st.pins.insert(
+                    who.clone(),
+                    Pin {
+                        identity_key: contact.identity_key,
+                        pinned_at: now_secs(),
+                        verified: true,
+                    },
+                );
+                self.inner
+                    .home
+                    .save_pins(&st.pins)
+                    .map_err(|e| SendError::Invalid(e.to_string()))?;
+            }
+            self.reconfirm(&who, &contact).await?;
         }
+        let st = self.inner.lock();
         let verified = st
             .pins
             .get(&who)
@@ -872,4 +886,19 @@ pub(crate) fn new_message_id() -> MessageId {
 
 pub(crate) fn timestamp_ms() -> u64 {
     now_ms()
+}
+
+/// Closes every peer connection with `who`'s devices (they are not an accepted contact).
+fn close_connections_of(st: &mut State, who: &Identifier) {
+    let gone: Vec<DeviceId> = st
+        .conns
+        .iter()
+        .filter(|(_, pc)| pc.identifier == *who)
+        .map(|(d, _)| *d)
+        .collect();
+    for d in gone {
+        if let Some(pc) = st.conns.remove(&d) {
+            dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::NotAContact);
+        }
+    }
 }

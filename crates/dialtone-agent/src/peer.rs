@@ -107,7 +107,12 @@ async fn verify_hello(
     let contact = match cached {
         Some(c) => c,
         None => match lookup(inner, id).await {
-            Ok(c) if c.relation == Relation::Accepted => c,
+            Ok(c) if c.relation == Relation::Accepted => {
+                // The directory knows better than our cache (a push may be on its way):
+                // record it, so the per-message check agrees with this one.
+                inner.update_contact(c.clone(), false);
+                c
+            }
             _ => return Err(CloseCode::NotAContact),
         },
     };
@@ -220,7 +225,22 @@ fn deliver(
     sent_at_ms: u64,
     body: String,
 ) -> Frame {
-    let state = inner.lock().presence;
+    let (state, accepted) = {
+        let st = inner.lock();
+        let accepted = st
+            .contacts
+            .get(&from)
+            .is_some_and(|c| c.relation == Relation::Accepted);
+        (st.presence, accepted)
+    };
+    // Checked on every message, not only at the hello: a contact removed or blocked since the
+    // connection opened is refused.
+    if !accepted {
+        return Frame::Refuse {
+            id,
+            refusal: Refusal::NotAContact,
+        };
+    }
     match state {
         PresenceState::Busy => Frame::Refuse {
             id,

@@ -174,7 +174,20 @@ async fn serve(
                     }
                 };
                 match frame {
-                    ServerFrame::Welcome { heartbeat_secs, .. } => {
+                    ServerFrame::Welcome { identifier, identity_key, device_id, heartbeat_secs } => {
+                        // A session opened for anyone but us (a directory that moved our
+                        // device to another account) must not carry our addresses or presence.
+                        if identifier != inner.identifier
+                            || identity_key != inner.identity_key
+                            || device_id != inner.cert.device_id
+                        {
+                            warn!(
+                                "the directory opened this session for {identifier} (key {}), not for this \
+                                 device's identity: closing it; re-register this device",
+                                identity_key.fingerprint()
+                            );
+                            break;
+                        }
                         silence_limit = Duration::from_secs(heartbeat_secs.clamp(1, 60) * 3 + 1);
                         inner.set_connected(true);
                         info!("directory session up");

@@ -415,7 +415,7 @@ async fn register(
     let ik = home.identity_key()?;
     let ts = now();
     let transcript = register_start_transcript(&identifier, &ik, &cert, ts);
-    let device = ed25519_dalek::SigningKey::from_bytes(&home.device_secret()?);
+    let device = ed25519_dalek::SigningKey::from_bytes(&*home.device_secret()?);
     let req = RegisterStart {
         signature: sign(&key, &transcript),
         device_signature: sign(&device, &transcript),
@@ -725,7 +725,7 @@ async fn list_contacts(home: &Home, json: bool) -> Result {
         };
         let msg = c["message"]
             .as_str()
-            .map(|m| format!(" \"{m}\""))
+            .map(|m| format!(" \"{}\"", printable(m)))
             .unwrap_or_default();
         let key = match (s("key").as_str(), c["verified"] == true) {
             ("changed", _) => "  KEY CHANGED!",
@@ -816,8 +816,24 @@ async fn send(home: &Home, to: &str, text: Vec<String>, json: bool) -> Result {
     Ok(())
 }
 
+/// `text` from someone else, safe to print on a terminal: control characters (escape
+/// sequences could rewrite the screen, the title or the clipboard) and bidirectional overrides
+/// (they could reorder what is shown) are written as `\u{..}` escapes. `--json` output keeps
+/// the text as it came.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn describe(ev: &Value) -> Option<String> {
-    let s = |k: &str| ev[k].as_str().unwrap_or("").to_owned();
+    let s = |k: &str| printable(ev[k].as_str().unwrap_or(""));
     Some(match s("event").as_str() {
         "message" => format!("{}: {}", s("from"), s("body")),
         "presence" => format!(
@@ -826,7 +842,7 @@ fn describe(ev: &Value) -> Option<String> {
             s("state"),
             ev["message"]
                 .as_str()
-                .map(|m| format!(": {m}"))
+                .map(|m| format!(": {}", printable(m)))
                 .unwrap_or_default()
         ),
         "contact_request" => format!(
@@ -939,5 +955,20 @@ async fn chat(home: &Home, with: &str) -> Result {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn terminal_escapes_from_peers_are_shown_not_obeyed() {
+        assert_eq!(printable("hello, world ✓"), "hello, world ✓");
+        let hostile = "ok\x1b]52;c;cHduZWQ=\x07\r\x1b[2Kbob: fake\u{202e}txt.exe";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}") && shown.contains("\\u{202e}"), "{shown:?}");
     }
 }

@@ -274,14 +274,30 @@ fn key_change_is_refused_with_a_warning() {
     let list = alice.run(&["contacts", "list"]).ok().stdout.clone();
     assert!(list.contains("KEY CHANGED"), "{list}");
 
-    // Mallory's device cannot talk to Alice either.
+    // Whoever holds the new key inherits no contacts: Alice accepted Bob's old key, so the
+    // directory shows Mallory neither her presence nor her addresses, and Mallory cannot
+    // message her.
+    let relation_of_alice = |p: &Person| {
+        p.contacts()
+            .into_iter()
+            .find(|c| c["identifier"] == ALICE)
+            .map(|c| (c["relation"].clone(), c["state"].clone()))
+    };
+    let (relation, state) = relation_of_alice(&mallory).expect("alice listed");
+    assert_eq!(relation, "outgoing");
+    assert_eq!(state, "offline");
     mallory
         .run(&["send", ALICE, "hi, it's bob"])
-        .fails_with(17, "refused");
+        .fails_with(12, "not");
 
-    // After checking in person, Alice can trust the new key.
+    // After checking in person, Alice trusts the new key, which confirms the contact again.
     alice.run(&["contacts", "trust", BOB]).ok();
     alice.run(&["send", BOB, "ok"]).ok();
+    wait_until(
+        Duration::from_secs(10),
+        "the contact confirmed again",
+        || relation_of_alice(&mallory).is_some_and(|(r, s)| r == "accepted" && s == "online"),
+    );
 }
 
 #[test]

@@ -51,7 +51,9 @@ impl VerificationChannel for OutboxChannel {
         Box::pin(async move {
             use std::{io::Write, os::unix::fs::OpenOptionsExt};
             let dir = self.dir.clone();
-            let name = identifier.as_str().to_owned();
+            // One plain file name inside the outbox, whatever the identifier holds (an email
+            // local part may contain '/').
+            let name = identifier.as_str().replace('/', "%2F");
             let code = code.to_owned();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 std::fs::create_dir_all(&dir)?;

@@ -239,7 +239,7 @@ pub struct Limits {
     pub confirm_per_ip: Limit,
     /// Session challenges and public lookups per client IP. Default 200, then 50 per second.
     pub requests_per_ip: Limit,
-    /// Lookups and contact requests per session. Default 100, then 20 per second.
+    /// Requests per session (everything but pings). Default 100, then 20 per second.
     pub session_requests: Limit,
 }
 

@@ -363,7 +363,23 @@ async fn register_confirm(
         ));
     }
     let id = req.identifier.clone();
-    let pending = st.store.run(move |c| q::pending(c, &id)).await?;
+    let key = req.identity_key;
+    let max = st.config.verification.max_attempts;
+    // Read and count the attempt in one step: concurrent guesses cannot all see the same
+    // count (the store runs one closure at a time).
+    let pending = st
+        .store
+        .run(move |c| {
+            let p = q::pending(c, &id)?;
+            if let Some(p) = &p
+                && p.identity_key == key
+                && p.attempts < max
+            {
+                q::bump_attempts(c, &id)?;
+            }
+            Ok(p)
+        })
+        .await?;
     let Some(p) = pending.filter(|p| p.identity_key == req.identity_key) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -380,7 +396,6 @@ async fn register_confirm(
             "the code expired; register again for a new one",
         ));
     }
-    let max = st.config.verification.max_attempts;
     if p.attempts >= max {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -392,16 +407,8 @@ async fn register_confirm(
     if !good {
         let id = req.identifier.clone();
         let left = max.saturating_sub(p.attempts + 1);
-        st.store
-            .run(move |c| {
-                if left == 0 {
-                    q::delete_pending(c, &id)
-                } else {
-                    q::bump_attempts(c, &id)
-                }
-            })
-            .await?;
         if left == 0 {
+            st.store.run(move |c| q::delete_pending(c, &id)).await?;
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyAttempts,

@@ -618,6 +618,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             message,
             endpoint,
         } => {
+            limit(ctx)?;
             if state == PresenceState::Offline {
                 return Err(err(
                     ErrorCode::BadRequest,
@@ -668,6 +669,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             Ok(Reply::Done)
         }
         Request::Contacts => {
+            limit(ctx)?;
             let m = me.clone();
             let rows = st.store.run(move |c| q::relations(c, &m)).await?;
             Ok(Reply::Contacts {
@@ -703,7 +705,13 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             let them = account_of(st, &to).await?;
             match relation(st, &me, &to).await? {
-                Relation::Accepted => return Ok(Reply::Done),
+                // After a key change they wait for us to confirm their new key: this does.
+                Relation::Accepted => {
+                    if relation(st, &to, &me).await? == Relation::Outgoing {
+                        return accept(st, &ctx.account, &them).await;
+                    }
+                    return Ok(Reply::Done);
+                }
                 Relation::Blocked => {
                     return Err(err(
                         ErrorCode::Blocked,
@@ -740,6 +748,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             Ok(Reply::Done)
         }
         Request::ContactRespond { from, accept: yes } => {
+            limit(ctx)?;
             if relation(st, &me, &from).await? != Relation::Incoming {
                 return Err(err(
                     ErrorCode::Conflict,
@@ -768,6 +777,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
         }
         Request::ContactRemove { identifier } => {
+            limit(ctx)?;
             let them = account_of(st, &identifier).await?;
             let mine = relation(st, &me, &identifier).await?;
             let theirs = relation(st, &identifier, &me).await?;
@@ -790,6 +800,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             Ok(Reply::Done)
         }
         Request::Block { identifier } => {
+            limit(ctx)?;
             let them = account_of(st, &identifier).await?;
             let theirs = relation(st, &identifier, &me).await?;
             let mut pairs = vec![(me.clone(), identifier.clone(), Relation::Blocked)];
@@ -808,6 +819,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             Ok(Reply::Done)
         }
         Request::Unblock { identifier } => {
+            limit(ctx)?;
             account_of(st, &identifier).await?;
             if relation(st, &me, &identifier).await? == Relation::Blocked {
                 set_relations(st, vec![(me, identifier, Relation::None)]).await?;

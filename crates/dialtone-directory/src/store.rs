@@ -322,6 +322,14 @@ pub(crate) mod q {
                 removed.push(d.device_id);
             }
             tx.execute("DELETE FROM devices WHERE identifier = ?1", [id.as_str()])?;
+            // The contacts accepted the old key, not this one: whoever holds the new key
+            // sees their presence and addresses only once each confirms again (their agent
+            // does when they trust or verify the new key). They still see this side, so
+            // their agents can warn about the change.
+            tx.execute(
+                "UPDATE contacts SET relation = 'outgoing' WHERE owner = ?1 AND relation = 'accepted'",
+                [id.as_str()],
+            )?;
         }
         tx.execute(
             "INSERT INTO accounts (identifier, identity_key, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)

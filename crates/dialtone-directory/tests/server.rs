@@ -345,6 +345,19 @@ async fn http_errors_are_json_with_codes() {
         .post("/v1/register/start", v.to_string().into_bytes())
         .await;
     assert_eq!(a.error(), (401, "bad_signature"));
+    // A certificate for someone else's device: the identity key signed, but the device key
+    // (which only its owner holds) did not. Device ids are public, so this must not pass.
+    let mut v: Value = serde_json::from_slice(&start_body(&k, "alice@example.com", now())).unwrap();
+    v["device_signature"] = v["signature"].clone();
+    let a = d
+        .post("/v1/register/start", v.to_string().into_bytes())
+        .await;
+    assert_eq!(a.error(), (401, "bad_signature"));
+    assert!(
+        a.body["message"].as_str().unwrap().contains("device"),
+        "{}",
+        a.body
+    );
     let a = d
         .post(
             "/v1/register/start",

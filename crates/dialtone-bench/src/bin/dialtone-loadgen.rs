@@ -247,6 +247,30 @@ fn proc_stats(pid: u32) -> anyhow::Result<(u64, f64)> {
     Ok((rss_kb * 1024, ticks as f64 / hz))
 }
 
+/// CPU seconds the whole machine spent busy so far (all cores, from /proc/stat): kernel work
+/// such as TCP keepalive probes runs in interrupts, outside any process's account.
+fn machine_busy() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return 0.0;
+    }
+    let idle = v[3] + v[4];
+    let total: u64 = v[..8].iter().sum();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (total - idle) as f64 / hz
+}
+
 /// TCP payload bytes (sent + received) on the directory's side of all its sessions.
 fn tcp_bytes(port: u16) -> u64 {
     let Ok(out) = Command::new("ss")
@@ -684,13 +708,16 @@ async fn main() -> anyhow::Result<()> {
     let per_session = rss1.saturating_sub(rss0) as f64 / logged_in.max(1) as f64;
 
     // Idle: nothing but the directory's heartbeats.
-    let (_, c0) = proc_stats(dir.child.id())?;
     let b0 = tcp_bytes(dir.port);
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let m0 = machine_busy();
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
     let idle_wall = t.elapsed().as_secs_f64();
     let (_, c1) = proc_stats(dir.child.id())?;
+    let m1 = machine_busy();
     let b1 = tcp_bytes(dir.port);
+    let idle_machine_pct = (m1 - m0) / idle_wall * 100.0;
     let idle_cpu_pct = (c1 - c0) / idle_wall * 100.0;
     let idle_cpu_us_per_session_s = (c1 - c0) * 1e6 / idle_wall / logged_in as f64;
     let idle_bytes_per_session_s = b1.saturating_sub(b0) as f64 / idle_wall / logged_in as f64;
@@ -797,6 +824,7 @@ async fn main() -> anyhow::Result<()> {
         "rss_end_mib": rss_end as f64 / 1048576.0,
         "bytes_per_session": per_session,
         "idle_dir_cpu_percent": idle_cpu_pct,
+        "idle_machine_busy_percent": idle_machine_pct,
         "idle_dir_cpu_us_per_session_per_s": idle_cpu_us_per_session_s,
         "idle_tcp_payload_bytes_per_session_per_s": idle_bytes_per_session_s,
         "churn_publishes": sent,
