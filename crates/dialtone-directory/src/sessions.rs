@@ -491,8 +491,17 @@ async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, star
                 }
             }
             () = queue.ready.notified() => {
-                while ok && let Some(text) = queue.take() {
+                // A bounded batch per turn, so requests and the timeout check are not starved
+                // by a steady stream of pushes; a wake-up is left for the rest.
+                for _ in 0..32 {
+                    let Some(text) = queue.take() else { break };
                     ok = send_message(&mut sink, limit_send, Message::Text(text)).await;
+                    if !ok {
+                        break;
+                    }
+                }
+                if !queue.frames().is_empty() {
+                    queue.ready.notify_one();
                 }
             }
             _ = ping.tick() => {
