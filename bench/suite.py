@@ -75,9 +75,10 @@ def loadgen(bins, sessions, smoke, extra=()):
         args += ["--idle-secs", "1", "--churn-secs", "1", "--churn-rate", "100",
                  "--lookup-secs", "1", "--publish-secs", "1"]
     args += list(extra)
-    rc, out, _ = run(args, timeout=1800)
+    rc, out, err = run(args, timeout=1800, env={"RUST_BACKTRACE": "0"})
     if rc != 0:
-        raise RuntimeError(f"dialtone-loadgen --sessions {sessions} failed")
+        why = (err.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"dialtone-loadgen --sessions {sessions} failed: {why}")
     return last_json(out)
 
 
@@ -266,10 +267,37 @@ def main():
         r["idle_agent"] = idle_agent(a.bins, a.idle_secs)
         runs.append(r)
     ladder = []
-    for n in [int(x) for x in a.load_sizes.split(",") if x.strip()]:
+    # Every session is a socket in the directory and one in the load generator: the hard
+    # open-file limit caps the ladder. Sizes above it are replaced by one run at the largest
+    # size the limit allows, and the reason is recorded.
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cap = hard - 800 if hard != resource.RLIM_INFINITY else None
+    sizes = [int(x) for x in a.load_sizes.split(",") if x.strip()]
+    if os.geteuid() == 0:
+        try:
+            # Root may raise the hard limit (unless the machine withholds CAP_SYS_RESOURCE).
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
+            cap = None
+        except (ValueError, OSError):
+            pass
+    plan, capped = [], []
+    for n in sizes:
+        if cap is not None and n > cap:
+            capped.append(n)
+        else:
+            plan.append(n)
+    if capped:
+        plan.append(cap)
+    for n in plan:
         log(f"load generator: {n} sessions")
         try:
-            ladder.append(loadgen(a.bins, n, a.smoke))
+            r = loadgen(a.bins, n, a.smoke)
+            if capped and n == cap:
+                r["stands_in_for"] = capped
+                r["limited_by"] = (f"the open-file limit of this machine ({hard} per process, and no "
+                                   f"CAP_SYS_RESOURCE to raise it): each session is a socket")
+            ladder.append(r)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             ladder.append({"sessions_target": n, "failed": str(e)})
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -352,6 +380,9 @@ def main():
         if "failed" in l:
             md.append(f"| {l['sessions_target']} | failed: {l['failed']} | | | | | | | | |")
             continue
+        if l.get("stands_in_for"):
+            md.append(f"| {', '.join(map(str, l['stands_in_for']))}: not reachable here, {l['limited_by']}; "
+                      f"the largest size instead: | | | | | | | | | |")
         f = l["fanout_latency_us"]
         md.append(f"| {l['sessions_target']} | {l['sessions_held']} | {l['login_per_s']:,.0f} | "
                   f"{l['bytes_per_session']:,.0f} | {l['idle_dir_cpu_us_per_session_per_s']:.2f} | "

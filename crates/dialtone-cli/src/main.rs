@@ -969,6 +969,9 @@ mod tests {
         let shown = printable(hostile);
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(!shown.contains('\u{202e}'), "{shown:?}");
-        assert!(shown.contains("\\u{1b}") && shown.contains("\\u{202e}"), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}") && shown.contains("\\u{202e}"),
+            "{shown:?}"
+        );
     }
 }

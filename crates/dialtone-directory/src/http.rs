@@ -260,20 +260,8 @@ async fn register_start(
             "the device signature does not verify: the device key must sign the registration",
         ));
     }
-    {
-        let now = Instant::now();
-        let mut by_id = st
-            .limits
-            .register_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if by_id.len() > 100_000 {
-            by_id.prune(now);
-        }
-        by_id
-            .check(&req.identifier, now)
-            .map_err(|w| ApiError::limited("registrations for this identifier", w))?;
-    }
+    // Per address and overall first, so that one address cannot cheaply use up the budget of
+    // someone else's identifier.
     check(
         &st.limits.register_ip,
         ip_of(&addr),
@@ -287,6 +275,20 @@ async fn register_start(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.check(&(), Instant::now())
             .map_err(|w| ApiError::limited("registrations right now", w))?;
+    }
+    {
+        let now = Instant::now();
+        let mut by_id = st
+            .limits
+            .register_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if by_id.len() > 100_000 {
+            by_id.prune(now);
+        }
+        by_id
+            .check(&req.identifier, now)
+            .map_err(|w| ApiError::limited("registrations for this identifier", w))?;
     }
     let Some(channel) = st.channels.for_identifier(&req.identifier).cloned() else {
         let what = match req.identifier.kind() {

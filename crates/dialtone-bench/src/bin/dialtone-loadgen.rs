@@ -589,12 +589,15 @@ async fn main() -> anyhow::Result<()> {
         .sources
         .unwrap_or_else(|| u8::try_from(n / 20_000 + 1).unwrap_or(u8::MAX))
         .max(1);
-    let nofile = raise_nofile(2 * n as u64 + 4096);
-    if nofile < n as u64 + 1024 {
+    // Each session is a socket here and one in the directory (which inherits the limit),
+    // plus a few hundred for the HTTP pools and files.
+    let nofile = raise_nofile(n as u64 + 4096);
+    if nofile < n as u64 + 512 {
         bail!(
             "the open-file limit is {nofile}, too low for {n} sessions: run as root (the \
-             limit is raised automatically) or raise `ulimit -n` to at least {}",
-            n + 1024
+             limit is raised automatically, unless the machine withholds CAP_SYS_RESOURCE) or \
+             raise the hard limit (`ulimit -Hn`, LimitNOFILE=) to at least {}",
+            n + 512
         );
     }
     let bin = match &args.directory_bin {
