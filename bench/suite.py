@@ -88,22 +88,35 @@ def proc_cpu(pid):
 
 
 def tcp_of_pid(pid):
-    """TCP payload bytes (sent + received) and segments of every TCP socket of `pid`."""
+    """{(local, peer): (payload bytes sent + received, segments out + in)} for every TCP
+    socket of `pid`."""
     out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=30).stdout
-    total, segs = 0, 0
+    socks = {}
     # ss prints each socket on one line and its counters on the next.
     lines = out.splitlines()
     for i, line in enumerate(lines):
         if f"pid={pid}," not in line:
             continue
+        f = line.split()
+        key = (f[3], f[4]) if len(f) > 4 else (line, "")
         info = lines[i + 1] if i + 1 < len(lines) else ""
-        for key in ("bytes_sent", "bytes_received"):
-            m = re.search(rf"\b{key}:(\d+)", info)
+        total, segs = 0, 0
+        for k in ("bytes_sent", "bytes_received"):
+            m = re.search(rf"\b{k}:(\d+)", info)
             total += int(m.group(1)) if m else 0
-        for key in ("segs_out", "segs_in"):
-            m = re.search(rf"\b{key}:(\d+)", info)
+        for k in ("segs_out", "segs_in"):
+            m = re.search(rf"\b{k}:(\d+)", info)
             segs += int(m.group(1)) if m else 0
-    return total, segs
+        socks[key] = (total, segs)
+    return socks
+
+
+def tcp_delta(before, after):
+    """Bytes and segments on the sockets open at both samples (a socket that closed or opened
+    in between, such as an idle HTTP connection timing out, is not counted)."""
+    common = before.keys() & after.keys()
+    return (sum(after[k][0] - before[k][0] for k in common),
+            sum(after[k][1] - before[k][1] for k in common), len(common))
 
 
 def idle_agent(bins, secs):
@@ -140,19 +153,20 @@ def idle_agent(bins, secs):
             raise RuntimeError(f"dialtone up failed: {err}")
         pid = int(open(os.path.join(home, "agent.pid")).read().strip())
         time.sleep(3)
-        b0, s0 = tcp_of_pid(pid)
+        t0_socks = tcp_of_pid(pid)
         c0 = proc_cpu(pid)
         t0 = time.time()
         time.sleep(secs)
         wall = time.time() - t0
-        b1, s1 = tcp_of_pid(pid)
+        t1_socks = tcp_of_pid(pid)
         c1 = proc_cpu(pid)
         run([cli, "down"], timeout=30, env=env)
-        payload = (b1 - b0) / wall
+        nbytes, nsegs, nsocks = tcp_delta(t0_socks, t1_socks)
         # IPv4 + TCP with timestamps: 52 bytes of headers per segment on loopback.
-        wire = (b1 - b0 + 52 * (s1 - s0)) / wall
-        return {"secs": round(wall, 1), "tcp_payload_bytes_per_s": payload,
-                "wire_bytes_per_s": wire, "cpu_percent": (c1 - c0) / wall * 100}
+        return {"secs": round(wall, 1), "tcp_sockets": nsocks,
+                "tcp_payload_bytes_per_s": nbytes / wall,
+                "wire_bytes_per_s": (nbytes + 52 * nsegs) / wall,
+                "cpu_percent": (c1 - c0) / wall * 100}
     finally:
         if dirp:
             dirp.send_signal(signal.SIGTERM)

@@ -20,7 +20,6 @@
 //! Every phase is bounded in time and count; the directory is stopped at the end.
 
 use std::{
-    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -90,17 +89,22 @@ struct Args {
     json: bool,
 }
 
-/// What a session task is asked to send; the reply (or error) is reported on `done`.
-struct Cmd {
-    text: String,
-    done: Option<oneshot::Sender<bool>>,
-}
+/// Builds the `k`-th request of a closed loop.
+type MakeRequest = Arc<dyn Fn(usize) -> String + Send + Sync>;
 
-/// Sessions that came up (set once, read by the request builders).
-static LIVE_N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-
-fn live_n() -> usize {
-    LIVE_N.get().copied().unwrap_or(1).max(1)
+/// What a session task is asked to do.
+enum Cmd {
+    /// Send one request and do not wait for its answer (churn).
+    Send(String),
+    /// Closed loop on this session: send a request, wait for its answer, again, until
+    /// `until`; count answers and errors, then report on `done`.
+    Loop {
+        make: MakeRequest,
+        until: Instant,
+        ok: Arc<AtomicU64>,
+        bad: Arc<AtomicU64>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Shared counters and samples.
@@ -419,52 +423,47 @@ async fn login(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, _i: usize) {
-    // Replies come back in order; the first outstanding is the login publish.
-    let mut waiting: VecDeque<Option<oneshot::Sender<bool>>> = VecDeque::from([None]);
-    loop {
+async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, i: usize) {
+    // Answers not waited for: the login publish, then churn publishes.
+    let mut unanswered = 1usize;
+    'session: loop {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let Ok(p) = serde_json::from_str::<Peek>(&t) else { continue };
-                    match p.kind.as_str() {
-                        "reply" | "error" => {
-                            let ok = p.kind == "reply";
-                            if !ok {
-                                shared.errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if let Some(Some(done)) = waiting.pop_front() {
-                                let _ = done.send(ok);
-                            }
-                        }
-                        "presence" => {
-                            shared.pushes.fetch_add(1, Ordering::Relaxed);
-                            if shared.sampling.load(Ordering::Relaxed)
-                                && let Some(t0) = p
-                                    .contact
-                                    .and_then(|c| c.presence.message)
-                                    .and_then(|m| m.strip_prefix("lg:")?.parse::<u64>().ok())
-                            {
-                                let dt = shared.micros().saturating_sub(t0);
-                                shared
-                                    .fanout_us
-                                    .lock()
-                                    .expect("samples")
-                                    .push(dt.min(u64::from(u32::MAX)) as u32);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+            msg = ws.next() => match on_frame(msg, &shared) {
+                Frame::Answer(_) => unanswered = unanswered.saturating_sub(1),
+                Frame::Other => {}
+                Frame::Closed => break,
             },
             cmd = rx.recv() => match cmd {
-                Some(c) => {
-                    if ws.send(Message::Text(c.text.into())).await.is_err() {
+                Some(Cmd::Send(text)) => {
+                    if ws.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
-                    waiting.push_back(c.done);
+                    unanswered += 1;
+                }
+                Some(Cmd::Loop { make, until, ok, bad, done }) => {
+                    let mut k = i;
+                    while Instant::now() < until {
+                        if ws.send(Message::Text(make(k).into())).await.is_err() {
+                            break 'session;
+                        }
+                        k += 1;
+                        // Our answer is the one after those still outstanding.
+                        let mut skip = unanswered;
+                        loop {
+                            match on_frame(ws.next().await, &shared) {
+                                Frame::Answer(_) if skip > 0 => skip -= 1,
+                                Frame::Answer(good) => {
+                                    let c = if good { &ok } else { &bad };
+                                    c.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                Frame::Other => {}
+                                Frame::Closed => break 'session,
+                            }
+                        }
+                        unanswered = 0;
+                    }
+                    let _ = done.send(());
                 }
                 None => {
                     let _ = ws.close(None).await;
@@ -474,6 +473,56 @@ async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Share
         }
     }
     shared.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a frame from the directory was.
+enum Frame {
+    /// A reply (true) or an error (false) to a request.
+    Answer(bool),
+    /// A push or a control frame.
+    Other,
+    /// The session ended.
+    Closed,
+}
+
+/// Classifies a frame; records fan-out latency for sampled presence pushes.
+fn on_frame(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    shared: &Shared,
+) -> Frame {
+    let t = match msg {
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Frame::Closed,
+        Some(Ok(_)) => return Frame::Other,
+    };
+    let Ok(p) = serde_json::from_str::<Peek>(&t) else {
+        return Frame::Other;
+    };
+    match p.kind.as_str() {
+        "reply" => Frame::Answer(true),
+        "error" => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            Frame::Answer(false)
+        }
+        "presence" => {
+            shared.pushes.fetch_add(1, Ordering::Relaxed);
+            if shared.sampling.load(Ordering::Relaxed)
+                && let Some(t0) = p
+                    .contact
+                    .and_then(|c| c.presence.message)
+                    .and_then(|m| m.strip_prefix("lg:")?.parse::<u64>().ok())
+            {
+                let dt = shared.micros().saturating_sub(t0);
+                shared
+                    .fanout_us
+                    .lock()
+                    .expect("samples")
+                    .push(dt.min(u64::from(u32::MAX)) as u32);
+            }
+            Frame::Other
+        }
+        _ => Frame::Other,
+    }
 }
 
 fn publish_text(state: PresenceState, message: Option<String>) -> String {
@@ -526,49 +575,40 @@ fn pct(mut v: Vec<u32>) -> Pct {
     }
 }
 
-/// Closed loop: `window` workers each send a request built by `make(k)` on session `k % n`
-/// (k counts up), wait for its answer, and go again, until `secs` pass. Returns
-/// (answered, failed, elapsed).
+/// Closed loop: `window` sessions, spread over all of them, each send a request built by
+/// `make(k)`, wait for its answer and go again, until `secs` pass (sipp runs its calls the
+/// same way). Returns (answered, failed, elapsed).
 async fn closed_loop(
     sessions: &Arc<Vec<mpsc::Sender<Cmd>>>,
     window: usize,
     secs: f64,
-    make: Arc<dyn Fn(usize) -> String + Send + Sync>,
+    make: MakeRequest,
 ) -> (u64, u64, Duration) {
-    let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let window = window.clamp(1, sessions.len());
+    let step = sessions.len() / window;
     let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..window {
-        let (sessions, next, ok, bad, make) = (
-            sessions.clone(),
-            next.clone(),
-            ok.clone(),
-            bad.clone(),
-            make.clone(),
-        );
-        set.spawn(async move {
-            while Instant::now() < deadline {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let (done, answer) = oneshot::channel();
-                let cmd = Cmd {
-                    text: make(k),
-                    done: Some(done),
-                };
-                if sessions[k % sessions.len()].send(cmd).await.is_err() {
-                    bad.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match tokio::time::timeout(Duration::from_secs(10), answer).await {
-                    Ok(Ok(true)) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => bad.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        });
+    let until = t0 + Duration::from_secs_f64(secs);
+    let mut done = Vec::with_capacity(window);
+    for w in 0..window {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Cmd::Loop {
+            make: make.clone(),
+            until,
+            ok: ok.clone(),
+            bad: bad.clone(),
+            done: tx,
+        };
+        if sessions[w * step].send(cmd).await.is_ok() {
+            done.push(rx);
+        } else {
+            bad.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    while set.join_next().await.is_some() {}
+    for rx in done {
+        let _ = tokio::time::timeout(Duration::from_secs_f64(secs + 30.0), rx).await;
+    }
     (
         ok.load(Ordering::Relaxed),
         bad.load(Ordering::Relaxed),
@@ -701,7 +741,6 @@ async fn main() -> anyhow::Result<()> {
     if live.len() < 2 {
         bail!("fewer than two sessions came up");
     }
-    let _ = LIVE_N.set(live.len());
     let live_idx: Arc<Vec<usize>> = Arc::new(live.iter().map(|(i, _)| *i).collect());
     let live_tx: Arc<Vec<mpsc::Sender<Cmd>>> = Arc::new(live.into_iter().map(|(_, s)| s).collect());
 
@@ -744,7 +783,7 @@ async fn main() -> anyhow::Result<()> {
                 PresenceState::Online
             };
             let text = publish_text(state, Some(format!("lg:{}", shared.micros())));
-            let _ = live_tx[k].try_send(Cmd { text, done: None });
+            let _ = live_tx[k].try_send(Cmd::Send(text));
             sent += 1;
         }
     }
@@ -780,8 +819,8 @@ async fn main() -> anyhow::Result<()> {
         args.window,
         args.publish_secs,
         Arc::new(|k| {
-            // Every session's state flips on each visit: always a change.
-            let state = if (k / live_n()) % 2 == 0 {
+            // Each session counts its own requests up by one: its state flips every time.
+            let state = if k % 2 == 0 {
                 PresenceState::Away
             } else {
                 PresenceState::Online
