@@ -278,23 +278,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_http_only_on_loopback() {
-        assert!(check_url("http://127.0.0.1:8080").is_ok());
-        assert!(check_url("http://[::1]:8080/").is_ok());
-        assert!(check_url("http://localhost:1").is_ok());
-        assert!(check_url("https://dir.example.com").is_ok());
-        assert!(check_url("http://dir.example.com").is_err());
-        assert!(check_url("http://10.0.0.1:80").is_err());
-        assert!(check_url("ftp://x").is_err());
-        assert!(check_url("127.0.0.1:80").is_err());
-    }
-}
-
 /// A dead link to the directory (network changed, directory's machine gone) is closed by the
 /// kernel within this time, so the agent reconnects instead of waiting for missed pings.
 const DEAD_LINK: Duration = Duration::from_secs(8);
@@ -317,5 +300,22 @@ fn close_dead_links(ws: &SessionStream) {
         .and_then(|()| sock.set_tcp_user_timeout(Some(DEAD_LINK)))
     {
         tracing::debug!("cannot set TCP keepalive on the directory session: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(check_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_url("http://[::1]:8080/").is_ok());
+        assert!(check_url("http://localhost:1").is_ok());
+        assert!(check_url("https://dir.example.com").is_ok());
+        assert!(check_url("http://dir.example.com").is_err());
+        assert!(check_url("http://10.0.0.1:80").is_err());
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("127.0.0.1:80").is_err());
     }
 }

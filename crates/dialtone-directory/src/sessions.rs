@@ -31,7 +31,7 @@ use dialtone_proto::{
         Request, ServerFrame,
     },
     keys::{Signature, session_transcript},
-    rules::{RateLimiter, aggregate_presence},
+    rules::{TokenBucket, aggregate_presence},
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -403,7 +403,7 @@ type Stream = futures_util::stream::SplitStream<WebSocket>;
 struct Ctx {
     account: Account,
     session: u64,
-    limiter: RateLimiter<()>,
+    limiter: TokenBucket,
 }
 
 /// One device's session, from the upgrade to the close. Every session of the directory is one
@@ -412,7 +412,8 @@ struct Ctx {
 async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, start: Box<Start>) {
     let Start { account, cert } = *start;
     let queue = Arc::new(PushQueue::default());
-    let kill = CancellationToken::new();
+    // Cancelled by shutdown too: one token to wait on instead of two.
+    let kill = st.sessions.shutdown.child_token();
     let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
     let device = cert.device_id;
     {
@@ -445,7 +446,7 @@ async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, star
     let mut ctx = Ctx {
         account,
         session: id,
-        limiter: RateLimiter::new(st.config.limits.session_requests.rule()),
+        limiter: TokenBucket::new(st.config.limits.session_requests.rule()),
     };
     let heartbeat = st.config.session.heartbeat;
     let welcome = ServerFrame::Welcome {
@@ -470,7 +471,6 @@ async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, star
         }
         tokio::select! {
             biased;
-            _ = st.sessions.shutdown.cancelled() => break,
             _ = kill.cancelled() => break,
             msg = stream.next() => {
                 last_heard = Instant::now();
@@ -537,12 +537,19 @@ async fn send(sink: &mut Sink, limit: Duration, text: Option<Utf8Bytes>) -> bool
     }
 }
 
-/// Sends one message within `limit`; false if it failed or took too long.
-async fn send_message(sink: &mut Sink, limit: Duration, msg: Message) -> bool {
-    matches!(
-        tokio::time::timeout(limit, sink.send(msg)).await,
-        Ok(Ok(()))
-    )
+/// Sends one message within `limit`; false if it failed or took too long. Boxed: a send
+/// (with its timer) is the largest thing a session waits on, and only while it sends.
+fn send_message(
+    sink: &mut Sink,
+    limit: Duration,
+    msg: Message,
+) -> std::pin::Pin<Box<impl Future<Output = bool> + Send + '_>> {
+    Box::pin(async move {
+        matches!(
+            tokio::time::timeout(limit, sink.send(msg)).await,
+            Ok(Ok(()))
+        )
+    })
 }
 
 async fn handle_text(st: &AppState, ctx: &mut Ctx, text: &str) -> ServerFrame {
@@ -840,7 +847,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
 }
 
 fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {
-    ctx.limiter.check(&(), Instant::now()).map_err(|w| {
+    ctx.limiter.check(Instant::now()).map_err(|w| {
         err(
             ErrorCode::RateLimited,
             format!("too many requests; try again in {} s", w.as_secs().max(1)),

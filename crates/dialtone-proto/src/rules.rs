@@ -29,12 +29,36 @@ struct Bucket {
     at: Instant,
 }
 
+/// One token bucket (one session's requests): no map, no allocation.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    limiter: RateLimiter<()>,
+    bucket: Option<Bucket>,
+}
+
+impl TokenBucket {
+    /// A full bucket applying `rule`.
+    pub fn new(rule: RateRule) -> Self {
+        Self {
+            limiter: RateLimiter::new(rule),
+            bucket: None,
+        }
+    }
+
+    /// Takes one token; on refusal returns how long until one is available.
+    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        let (r, b) = self.limiter.take(self.bucket, now);
+        self.bucket = Some(b);
+        r
+    }
+}
+
 /// Per-key token buckets, e.g. per identifier or per IP address.
 ///
 /// Inputs: [`RateLimiter::check`] with the current time. Buckets that have refilled
 /// completely are forgotten by [`RateLimiter::prune`], which callers run now and then so
 /// memory stays bounded by the number of recently active keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RateLimiter<K> {
     rule: RateRule,
     buckets: HashMap<K, Bucket>,
@@ -61,24 +85,32 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Takes one token for `key`; on refusal returns how long until one is available.
     pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
-        if self.rule.burst == 0 {
-            return Err(self.rule.period);
-        }
+        let (r, bucket) = self.take(self.buckets.get(key).copied(), now);
+        self.buckets.insert(key.clone(), bucket);
+        r
+    }
+
+    /// Takes one token from `bucket` (a full one if `None`): the answer and the bucket after.
+    fn take(&self, bucket: Option<Bucket>, now: Instant) -> (Result<(), Duration>, Bucket) {
         let max = u64::from(self.rule.burst) * 1000;
-        let mut bucket = self.buckets.get(key).copied().unwrap_or(Bucket {
+        let mut bucket = bucket.unwrap_or(Bucket {
             milli_tokens: max,
             at: now,
         });
+        if self.rule.burst == 0 {
+            return (Err(self.rule.period), bucket);
+        }
         self.refill(&mut bucket, now);
         if bucket.milli_tokens >= 1000 {
             bucket.milli_tokens -= 1000;
-            self.buckets.insert(key.clone(), bucket);
-            Ok(())
+            (Ok(()), bucket)
         } else {
             let missing = 1000 - bucket.milli_tokens;
-            self.buckets.insert(key.clone(), bucket);
             let wait = self.rule.period.as_secs_f64() * (missing as f64 / 1000.0);
-            Err(Duration::from_secs_f64(wait).max(Duration::from_secs(1)))
+            (
+                Err(Duration::from_secs_f64(wait).max(Duration::from_secs(1))),
+                bucket,
+            )
         }
     }
 

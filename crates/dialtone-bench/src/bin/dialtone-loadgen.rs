@@ -777,7 +777,7 @@ async fn main() -> anyhow::Result<()> {
         let due = ((t.elapsed().as_secs_f64() * args.churn_rate as f64) as u64).min(total);
         while sent < due {
             k = (k + 7919) % live_tx.len();
-            let state = if sent % 2 == 0 {
+            let state = if sent.is_multiple_of(2) {
                 PresenceState::Away
             } else {
                 PresenceState::Online
@@ -820,7 +820,7 @@ async fn main() -> anyhow::Result<()> {
         args.publish_secs,
         Arc::new(|k| {
             // Each session counts its own requests up by one: its state flips every time.
-            let state = if k % 2 == 0 {
+            let state = if k.is_multiple_of(2) {
                 PresenceState::Away
             } else {
                 PresenceState::Online
