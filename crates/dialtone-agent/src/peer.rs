@@ -158,6 +158,16 @@ async fn lookup(inner: &Arc<Inner>, id: &Identifier) -> Result<ContactEntry, Ses
 }
 
 fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, identifier: Identifier) {
+    let events = inner.events.clone();
+    let who = identifier.clone();
+    dialtone_net::watch_paths(&conn, move |path| {
+        debug!(peer = %device.short(), path = ?path.path, "peer path changed");
+        let _ = events.send(Event::Path {
+            identifier: who.clone(),
+            device,
+            path,
+        });
+    });
     inner.lock().conns.insert(
         device,
         PeerConn {
@@ -182,6 +192,7 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
         touch(&inner, &device);
         let inner = inner.clone();
         let from = from.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let frame =
                 match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv)).await {
@@ -197,7 +208,16 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
             else {
                 return debug!("unexpected frame from peer");
             };
-            let answer = deliver(&inner, from, device, id, sent_at_ms, body);
+            let answer = if inner.config.direct_only
+                && !dialtone_net::wait_direct(&conn, Duration::from_secs(3)).await
+            {
+                Frame::Refuse {
+                    id,
+                    refusal: Refusal::Unreachable,
+                }
+            } else {
+                deliver(&inner, from, device, id, sent_at_ms, body)
+            };
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
         });
@@ -375,6 +395,16 @@ pub(crate) async fn send_text(
     .into_iter()
     .find(|r| refusals.contains(r))
     .unwrap_or(Refusal::Unreachable);
+    if inner.config.direct_only && worst == Refusal::Unreachable {
+        return Err(SendError::Refused {
+            refusal: worst,
+            message: format!(
+                "no direct path to {to} came up, and this agent runs with --direct-only, which \
+                 refuses relayed paths; nothing was sent and nothing is kept. Start the agent \
+                 without --direct-only to allow the relay"
+            ),
+        });
+    }
     Err(SendError::refused(worst, &to))
 }
 
@@ -386,8 +416,20 @@ async fn send_to_device(
 ) -> Result<u32, Refusal> {
     let device = dev.cert.device_id;
     // One retry with a fresh connection if a cached one turns out to be dead.
+    let started = Instant::now();
     for attempt in 0..2 {
         let (conn, fresh) = connection(inner, to, dev).await?;
+        if inner.config.direct_only {
+            let left = inner
+                .config
+                .connect_timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            if !dialtone_net::wait_direct(&conn, left).await {
+                debug!(peer = %device.short(), "no direct path (direct-only)");
+                return Err(Refusal::Unreachable);
+            }
+        }
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| None)?;
             write_frame(&mut send, &frame).await.map_err(|_| None)?;
