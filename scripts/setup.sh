@@ -9,6 +9,9 @@ command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 # zbarimg decodes the safety-number QR code in the tests.
 command -v zbarimg >/dev/null 2>&1 || need_pkgs+=(zbar-tools)
+# The network-namespace lab (NAT matrix tests, `dialtone-bench netns`): ip, nft.
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 
 if ((${#need_pkgs[@]})); then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"
