@@ -83,6 +83,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
+    etc: Vec<PathBuf>,
 }
 
 impl Default for Lab {
@@ -98,6 +99,7 @@ impl Lab {
         Self {
             prefix: format!("dt{}x{n}", std::process::id()),
             namespaces: Vec::new(),
+            etc: Vec::new(),
         }
     }
 
@@ -164,6 +166,14 @@ impl Lab {
         );
     }
 
+    /// Gives `ns` its own `/etc/hosts` (removed with the lab).
+    pub fn hosts(&mut self, ns: &str, content: &str) {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        std::fs::write(dir.join("hosts"), content).expect("write hosts");
+        self.etc.push(dir);
+    }
+
     /// Loads an nftables ruleset in `ns`.
     pub fn nft(&self, ns: &str, ruleset: &str) {
         let mut child = Command::new("ip")
@@ -204,6 +214,9 @@ impl Drop for Lab {
                 .stderr(Stdio::null())
                 .status();
         }
+        for dir in &self.etc {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -220,6 +233,11 @@ fn run(args: &[&str]) {
     );
 }
 
+/// The directory's host name. Agents resolve it through `/etc/netns/<ns>/hosts`, which
+/// `ip netns exec` mounts over `/etc/hosts`, to the address family the topology uses. (A
+/// host name rather than an IPv6 literal: iroh 1.4's relay client rejects IPv6-literal HTTPS
+/// relay URLs as an invalid TLS server name.)
+pub const DIR_HOST: &str = "directory.test";
 /// The directory's "public" addresses in the `pub` namespace.
 pub const DIR_V4: &str = "198.51.100.10";
 /// See [`DIR_V4`].
@@ -472,11 +490,11 @@ impl Net {
             let b = Self::side(&mut lab, &public, 2, topo.b);
             (a, b)
         };
-        let directory_url = if topo.directory_v6 {
-            format!("https://[{DIR_V6}]:443")
-        } else {
-            format!("https://{DIR_V4}:443")
-        };
+        let dir_ip = if topo.directory_v6 { DIR_V6 } else { DIR_V4 };
+        for ns in [&a, &b] {
+            lab.hosts(ns, &format!("127.0.0.1 localhost\n{dir_ip} {DIR_HOST}\n"));
+        }
+        let directory_url = format!("https://{DIR_HOST}:443");
         Self {
             lab,
             _serial: serial,
@@ -572,7 +590,11 @@ pub fn lab_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![DIR_V4.to_owned(), DIR_V6.to_owned()])
+    let leaf = rcgen::CertificateParams::new(vec![
+        DIR_HOST.to_owned(),
+        DIR_V4.to_owned(),
+        DIR_V6.to_owned(),
+    ])
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
