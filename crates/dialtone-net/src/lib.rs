@@ -154,6 +154,7 @@ async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
         .alpns(vec![ALPN.to_vec()])
         .relay_mode(relay_mode)
         .ca_tls_config(CaTlsConfig::embedded().with_extra_roots(roots))
+        .net_report_config(net_report_config())
         .clear_address_lookup()
         .clear_ip_transports();
     if !config.portmapper {
@@ -177,6 +178,16 @@ pub async fn wait_online(endpoint: &Endpoint, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, endpoint.online())
         .await
         .is_ok()
+}
+
+/// Network checks: HTTPS latency probes to the relay (for networks that block QUIC), but no
+/// captive-portal check: it asks `http://RELAY-HOST:80/generate_204`, and our relay beside the
+/// directory serves that on another port; the check would only delay the first report by
+/// its timeout (about 3 s).
+fn net_report_config() -> iroh::NetReportConfig {
+    let mut c = iroh::NetReportConfig::minimal();
+    c.https_probes = true;
+    c
 }
 
 /// The device id of an endpoint.

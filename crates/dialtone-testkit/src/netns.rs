@@ -166,11 +166,16 @@ impl Lab {
         );
     }
 
-    /// Gives `ns` its own `/etc/hosts` (removed with the lab).
+    /// Gives `ns` its own `/etc/hosts` (removed with the lab), and a `resolv.conf` naming a
+    /// DNS server on its loopback where none listens: a query for a name the hosts file
+    /// lacks (an IPv6 address of an IPv4-only host, say) fails at once, as on a real network
+    /// where a DNS server answers, instead of timing out towards an unreachable server.
     pub fn hosts(&mut self, ns: &str, content: &str) {
         let dir = Path::new("/etc/netns").join(ns);
         std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
         std::fs::write(dir.join("hosts"), content).expect("write hosts");
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\n")
+            .expect("write resolv.conf");
         self.etc.push(dir);
     }
 
@@ -490,9 +495,18 @@ impl Net {
             let b = Self::side(&mut lab, &public, 2, topo.b);
             (a, b)
         };
-        let dir_ip = if topo.directory_v6 { DIR_V6 } else { DIR_V4 };
+        // Both addresses, as public DNS would give: a family the namespace lacks fails at
+        // once (no route), the other one works. The preferred family comes first.
+        let (first, second) = if topo.directory_v6 {
+            (DIR_V6, DIR_V4)
+        } else {
+            (DIR_V4, DIR_V6)
+        };
         for ns in [&a, &b] {
-            lab.hosts(ns, &format!("127.0.0.1 localhost\n{dir_ip} {DIR_HOST}\n"));
+            lab.hosts(
+                ns,
+                &format!("127.0.0.1 localhost\n{first} {DIR_HOST}\n{second} {DIR_HOST}\n"),
+            );
         }
         let directory_url = format!("https://{DIR_HOST}:443");
         Self {
@@ -595,9 +609,9 @@ pub fn lab_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         DIR_V4.to_owned(),
         DIR_V6.to_owned(),
     ])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
+    .unwrap()
+    .signed_by(&leaf_key, &ca)
+    .unwrap();
     let paths = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
