@@ -134,7 +134,7 @@ pub async fn probe(target: IpAddr, ports: [u16; 2], timeout: Duration) -> Family
                     report.public.push(seen);
                     report
                         .rtt_ms
-                        .get_or_insert(sent.elapsed().as_secs_f64() * 1000.0);
+                        .get_or_insert_with(|| sent.elapsed().as_secs_f64() * 1000.0);
                     break 'tries;
                 }
             }
