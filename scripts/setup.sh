@@ -12,6 +12,10 @@ command -v zbarimg >/dev/null 2>&1 || need_pkgs+=(zbar-tools)
 # The network-namespace lab (NAT matrix tests, `dialtone-bench netns`): ip, nft.
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+# LAN mode interop test: avahi-browse must see an agent's mDNS service (avahi-daemon needs D-Bus).
+command -v avahi-daemon >/dev/null 2>&1 || need_pkgs+=(avahi-daemon)
+command -v avahi-browse >/dev/null 2>&1 || need_pkgs+=(avahi-utils)
+command -v dbus-daemon >/dev/null 2>&1 || need_pkgs+=(dbus)
 
 if ((${#need_pkgs[@]})); then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"

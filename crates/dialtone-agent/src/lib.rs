@@ -21,6 +21,7 @@ pub mod api;
 pub mod dirclient;
 pub mod doctor;
 pub mod home;
+pub mod lan;
 mod peer;
 mod session;
 
@@ -75,6 +76,10 @@ pub struct AgentConfig {
     /// Use the relay the directory names. Default: on. Off: no hole punching through it and
     /// no relayed fallback.
     pub use_relay: bool,
+    /// LAN mode: announce this device with mDNS / DNS-SD and find pinned contacts on the LAN,
+    /// so they can talk while the directory is down. Default: off (it sends multicast on every
+    /// interface).
+    pub lan: bool,
 }
 
 impl AgentConfig {
@@ -90,6 +95,7 @@ impl AgentConfig {
             serve_api: true,
             direct_only: false,
             use_relay: true,
+            lan: false,
         }
     }
 }
@@ -354,6 +360,7 @@ pub(crate) struct Inner {
     addr_rx: watch::Receiver<()>,
     config: AgentConfig,
     relay: Option<dialtone_net::RelaySettings>,
+    lan: Option<lan::Lan>,
     cancel: CancellationToken,
     shutdown_requested: tokio::sync::Notify,
 }
@@ -428,6 +435,17 @@ impl Agent {
             warn!("the relay did not answer within 3 s; going online with local addresses only");
         }
         let addr_rx = dialtone_net::addr_changes(&endpoint);
+        let lan = if config.lan {
+            match lan::Lan::start(cert.device_id, &identity_key, &endpoint.bound_sockets()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!("LAN mode (mDNS) could not start: {e}; running without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (session, session_rx) = session::SessionHandle::new();
         let (events, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
@@ -451,6 +469,7 @@ impl Agent {
             connected: watch::channel(false).0,
             addr_rx,
             relay,
+            lan,
             config: config.clone(),
             cancel: cancel.clone(),
             shutdown_requested: tokio::sync::Notify::new(),
@@ -498,6 +517,9 @@ impl Agent {
         }
         for t in std::mem::take(&mut self.tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        if let Some(lan) = &self.inner.lan {
+            lan.shutdown();
         }
         self.inner.endpoint.close().await;
         if self.inner.config.serve_api {
@@ -723,6 +745,29 @@ impl AgentHandle {
             direct_only: self.inner.config.direct_only,
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+
+    /// Devices seen on the LAN (LAN mode), with the pinned contact each one announces, if any.
+    pub fn lan_peers(&self) -> Vec<serde_json::Value> {
+        let Some(lan) = &self.inner.lan else {
+            return Vec::new();
+        };
+        let st = self.inner.lock();
+        lan.peers()
+            .into_iter()
+            .map(|p| {
+                let contact = st
+                    .pins
+                    .iter()
+                    .find(|(_, pin)| lan::key_tag(&pin.identity_key) == p.key_tag)
+                    .map(|(id, _)| id.clone());
+                serde_json::json!({
+                    "device": p.device,
+                    "addrs": p.addrs,
+                    "contact": contact,
+                })
+            })
+            .collect()
     }
 
     /// Open peer connections with their current path (read live from iroh: a connection that

@@ -104,14 +104,21 @@ async fn verify_hello(
         .get(id)
         .filter(|c| c.relation == Relation::Accepted)
         .cloned();
-    let contact = match cached {
-        Some(c) => c,
+    let expected_key = match cached {
+        Some(c) => c.identity_key,
         None => match lookup(inner, id).await {
-            Ok(c) if c.relation == Relation::Accepted => c,
+            Ok(c) if c.relation == Relation::Accepted => c.identity_key,
+            // LAN mode with the directory down: a contact whose key we pinned earlier.
+            Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
+                match inner.lock().pins.get(id) {
+                    Some(pin) => pin.identity_key,
+                    None => return Err(CloseCode::NotAContact),
+                }
+            }
             _ => return Err(CloseCode::NotAContact),
         },
     };
-    if contact.identity_key != cert.identity_key {
+    if expected_key != cert.identity_key {
         return Err(CloseCode::KeyChanged);
     }
     let mut st = inner.lock();
@@ -318,6 +325,9 @@ pub(crate) async fn send_text(
         Some(c) => c,
         None => match lookup(inner, &to).await {
             Ok(c) => c,
+            Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
+                return lan_send(inner, to, body).await;
+            }
             Err(SessionError::Refused(body))
                 if body.error == dialtone_proto::directory::ErrorCode::NotFound =>
             {
@@ -362,7 +372,7 @@ pub(crate) async fn send_text(
             sent_at_ms,
             body: body.clone(),
         };
-        send_to_device(inner, &to, d, frame)
+        send_to_device(inner, &to, d.cert.device_id, &d.endpoint, frame)
     });
     let results = futures_util::future::join_all(attempts).await;
     let mut delivered = Vec::new();
@@ -408,17 +418,74 @@ pub(crate) async fn send_text(
     Err(SendError::refused(worst, &to))
 }
 
+/// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
+/// pinned for `to`. The hello still proves each device's certificate for that key.
+async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
+    let Some(pin) = inner.lock().pins.get(&to).copied() else {
+        return Err(SendError::Invalid(format!(
+            "the directory is unreachable, and {to} is not a contact you have talked to before \
+             (no pinned key), so they cannot be found on the LAN; try again when the directory \
+             is back"
+        )));
+    };
+    let tag = crate::lan::key_tag(&pin.identity_key);
+    let devices: Vec<_> = inner
+        .lan
+        .as_ref()
+        .map(|l| l.peers())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.key_tag == tag)
+        .collect();
+    if devices.is_empty() {
+        return Err(SendError::refused(Refusal::Offline, &to));
+    }
+    let id = new_message_id();
+    let sent_at_ms = timestamp_ms();
+    let mut refusals = Vec::new();
+    let mut delivered = Vec::new();
+    for p in devices {
+        let frame = Frame::Text {
+            id,
+            sent_at_ms,
+            body: body.clone(),
+        };
+        let info = dialtone_proto::directory::EndpointInfo {
+            addrs: p.addrs.clone(),
+            relay_url: None,
+        };
+        match send_to_device(inner, &to, p.device, &info, frame).await {
+            Ok(shown_to) => delivered.push(DeviceDelivery {
+                device: p.device,
+                name: "lan".into(),
+                shown_to,
+            }),
+            Err(r) => refusals.push(r),
+        }
+    }
+    if delivered.is_empty() {
+        return Err(SendError::refused(
+            refusals.first().copied().unwrap_or(Refusal::Unreachable),
+            &to,
+        ));
+    }
+    Ok(Delivery {
+        id,
+        delivered_to: delivered,
+    })
+}
+
 async fn send_to_device(
     inner: &Arc<Inner>,
     to: &Identifier,
-    dev: &DeviceEndpoint,
+    device: DeviceId,
+    endpoint: &dialtone_proto::directory::EndpointInfo,
     frame: Frame,
 ) -> Result<u32, Refusal> {
-    let device = dev.cert.device_id;
     // One retry with a fresh connection if a cached one turns out to be dead.
     let started = Instant::now();
     for attempt in 0..2 {
-        let (conn, fresh) = connection(inner, to, dev).await?;
+        let (conn, fresh) = connection(inner, to, device, endpoint).await?;
         if inner.config.direct_only {
             let left = inner
                 .config
@@ -486,9 +553,9 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
 async fn connection(
     inner: &Arc<Inner>,
     to: &Identifier,
-    dev: &DeviceEndpoint,
+    device: DeviceId,
+    endpoint: &dialtone_proto::directory::EndpointInfo,
 ) -> Result<(Connection, bool), Refusal> {
-    let device = dev.cert.device_id;
     if let Some(pc) = inner.lock().conns.get_mut(&device)
         && pc.conn.close_reason().is_none()
     {
@@ -497,7 +564,7 @@ async fn connection(
     }
     let started = Instant::now();
     let timeout = inner.config.connect_timeout;
-    let conn = dialtone_net::connect(&inner.endpoint, &device, &dev.endpoint, timeout)
+    let conn = dialtone_net::connect(&inner.endpoint, &device, endpoint, timeout)
         .await
         .map_err(|e| {
             debug!(peer = %device.short(), "connect failed: {e}");

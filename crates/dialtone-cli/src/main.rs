@@ -93,6 +93,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Devices seen on the LAN (with `up --lan`), and which contact each one is.
+    Lan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check this device's network: IPv6, NAT kind, the relay's latency, and whether direct
     /// connections to others are likely to work.
     Doctor {
@@ -170,6 +176,10 @@ struct UpArgs {
     /// (`unreachable`) if none comes up.
     #[arg(long)]
     direct_only: bool,
+    /// LAN mode: announce this device with mDNS and reach contacts you talked to before on
+    /// the LAN, even while the directory is down.
+    #[arg(long)]
+    lan: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -408,6 +418,31 @@ async fn run(cli: Cli) -> Result {
         } if set.is_none() => connections(&home, json).await,
         Command::Status { set, json, .. } => status(&home, set, json).await,
         Command::Doctor { json } => doctor(&home, json).await,
+        Command::Lan { json } => {
+            let peers = call(&home, "lan.peers", json!({})).await?;
+            if json {
+                println!("{peers}");
+            } else {
+                let list = peers.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no Dialtone devices seen on the LAN (is the agent up with --lan?)");
+                }
+                for p in list {
+                    println!(
+                        "{}  device {}  {}",
+                        p["contact"].as_str().unwrap_or("(not a pinned contact)"),
+                        p["device"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(10)
+                            .collect::<String>(),
+                        p["addrs"]
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Send { to, text, json } => send(&home, &to, text, json).await,
         Command::Watch { json } => watch(&home, json).await,
         Command::Chat { with } => chat(&home, &with).await,
@@ -516,6 +551,7 @@ async fn up(home: Home, args: UpArgs) -> Result {
     }
     config.portmapper = !args.no_portmapper;
     config.direct_only = args.direct_only;
+    config.lan = args.lan;
     let agent = Agent::start(config).await.map_err(|e| {
         let code = match e {
             dialtone_agent::StartError::Directory(_) => EXIT_DIRECTORY,
@@ -582,6 +618,9 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
     }
     if args.direct_only {
         cmd.arg("--direct-only");
+    }
+    if args.lan {
+        cmd.arg("--lan");
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("log file")?)

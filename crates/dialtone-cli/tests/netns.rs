@@ -136,3 +136,60 @@ fn netns_direct_only_refuses_a_relayed_path() {
     r.fails_with(11, "--direct-only");
     assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
 }
+
+/// LAN mode: two agents on one LAN that became contacts earlier find each other with mDNS
+/// and talk while the directory is down; Avahi (a different mDNS implementation, in the LAN's
+/// router) sees their service.
+#[test]
+fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
+    if skip_if_unavailable("netns_lan_mode_without_the_directory_and_avahi_sees_it") {
+        return;
+    }
+    let mut scene = Scene::start(topology("same_lan"), &[]);
+    // The directory goes away; both agents restart in LAN mode with nothing cached.
+    scene.directory.kill();
+    for p in [&scene.alice, &scene.bob] {
+        p.down();
+        p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
+    }
+    dialtone_testkit::wait_until(
+        Duration::from_secs(15),
+        "alice to see bob on the LAN",
+        || {
+            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
+            peers
+                .as_array()
+                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
+        },
+    );
+    let mut w = scene.bob.watch();
+    scene.alice.run(&["send", BOB, "no directory needed"]).ok();
+    w.expect("the LAN message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "no directory needed"
+    });
+    let conn = scene.wait_path("direct", Duration::from_secs(5));
+    assert!(
+        conn["remote_addr"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("10.0.1."),
+        "{conn}"
+    );
+
+    // Someone never pinned is not found and not sent to.
+    let r = scene.alice.run(&["send", "carol@example.com", "hello?"]);
+    assert_ne!(r.code, 0, "{r:?}");
+
+    // Avahi sees the agents' service, with the device id in its TXT record.
+    let router = scene.net.lan_router.clone().expect("same-LAN router");
+    let seen = dialtone_testkit::netns::avahi_browse(&router, "_dialtone._udp");
+    let bob_device = scene.bob.run(&["status", "--json"]).ok().json()["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with('=') && l.contains(&format!("d={bob_device}"))),
+        "avahi-browse did not resolve bob's service:\n{seen}"
+    );
+}

@@ -419,6 +419,8 @@ pub struct Net {
     pub a: String,
     /// Agent b's namespace.
     pub b: String,
+    /// The router both agents share in the same-LAN topology.
+    pub lan_router: Option<String>,
     /// The directory URL agents use.
     pub directory_url: String,
 }
@@ -471,8 +473,10 @@ impl Net {
         // The directory's addresses live on pub's loopback (no dummy module needed).
         lab.addr(&public, "lo", &format!("{DIR_V4}/32"));
         lab.addr(&public, "lo", &format!("{DIR_V6}/128"));
+        let mut lan_router = None;
         let (a, b) = if topo.same_lan {
             let router = lab.ns("r1");
+            lan_router = Some(router.clone());
             let a = lab.ns("a");
             let b = lab.ns("b");
             Self::wan(&lab, &public, &router, 1, true, false);
@@ -515,6 +519,7 @@ impl Net {
             public,
             a,
             b,
+            lan_router,
             directory_url,
         }
     }
@@ -594,6 +599,28 @@ impl Net {
             }
         }
     }
+}
+
+/// Runs Avahi inside `ns` — its own D-Bus system bus and avahi-daemon, in a private mount
+/// namespace so their sockets under /run never meet the host's — and returns what
+/// `avahi-browse --resolve --parsable --terminate SERVICE` prints (`=` lines are resolved
+/// services). Everything it started is gone when it returns.
+pub fn avahi_browse(ns: &str, service: &str) -> String {
+    let script = format!(
+        "set -e\n         mkdir -p /run/dbus /run/avahi-daemon\n         mount -t tmpfs tmpfs /run/dbus\n         mount -t tmpfs tmpfs /run/avahi-daemon\n         dbus-daemon --system --fork --nopidfile --print-pid > /run/avahi-daemon/dbus.pid\n         avahi-daemon --daemonize --no-drop-root --no-chroot --no-rlimits\n         sleep 2\n         timeout 10 avahi-browse --resolve --parsable --terminate {service} || true\n         avahi-daemon --kill || true\n         kill $(cat /run/avahi-daemon/dbus.pid) || true\n"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "unshare", "--mount", "sh", "-c", &script,
+        ])
+        .output()
+        .expect("avahi");
+    assert!(
+        out.status.success(),
+        "avahi in {ns} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A private CA and a certificate for the directory's addresses (PEM files in `dir`):
