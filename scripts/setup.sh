@@ -9,6 +9,13 @@ command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 # zbarimg decodes the safety-number QR code in the tests.
 command -v zbarimg >/dev/null 2>&1 || need_pkgs+=(zbar-tools)
+# The network-namespace lab (NAT matrix tests, `dialtone-bench netns`): ip, nft.
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+# LAN mode interop test: avahi-browse must see an agent's mDNS service (avahi-daemon needs D-Bus).
+command -v avahi-daemon >/dev/null 2>&1 || need_pkgs+=(avahi-daemon)
+command -v avahi-browse >/dev/null 2>&1 || need_pkgs+=(avahi-utils)
+command -v dbus-daemon >/dev/null 2>&1 || need_pkgs+=(dbus)
 
 # ss reads per-socket byte counters for the idle-cost benchmark.
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)

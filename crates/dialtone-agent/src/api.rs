@@ -278,6 +278,8 @@ async fn dispatch(
     let done = || Ok(json!({"ok": true}));
     match method {
         "agent.status" => Ok(serde_json::to_value(agent.status()).unwrap_or(Value::Null)),
+        "lan.peers" => Ok(Value::Array(agent.lan_peers())),
+        "connections.list" => Ok(serde_json::to_value(agent.connections()).unwrap_or(Value::Null)),
         "agent.shutdown" => {
             agent.request_shutdown();
             done()

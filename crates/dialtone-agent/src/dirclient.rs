@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 use dialtone_proto::{
     DeviceId,
     directory::{
-        Challenge, ChallengeRequest, ErrorBody, ErrorCode, RegisterConfirm, RegisterStart,
-        RegisterStarted, Registered,
+        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, RegisterConfirm,
+        RegisterStart, RegisterStarted, Registered,
     },
     keys::{Signature, session_transcript, sign},
 };
@@ -21,6 +21,7 @@ pub struct DirectoryClient {
     base: String,
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
+    extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// Errors talking to the directory.
@@ -67,6 +68,7 @@ impl DirectoryClient {
         let base = check_url(base)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut extra_roots = Vec::new();
         if let Some(path) = ca_file {
             let ca_err = |reason: String| DirectoryError::Ca {
                 path: path.display().to_string(),
@@ -80,7 +82,8 @@ impl DirectoryClient {
                 return Err(ca_err("no certificates in the file".into()));
             }
             for c in certs {
-                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+                roots.add(c.clone()).map_err(|e| ca_err(e.to_string()))?;
+                extra_roots.push(c);
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -97,12 +100,50 @@ impl DirectoryClient {
             .no_proxy()
             .build()
             .map_err(|e| DirectoryError::BadUrl(e.to_string()))?;
-        Ok(Self { base, http, tls })
+        Ok(Self {
+            base,
+            http,
+            tls,
+            extra_roots,
+        })
     }
 
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The private CA certificates (DER) trusted besides the public roots; the relay on the
+    /// directory's host uses the same certificate, so the agent trusts them for it too.
+    pub fn extra_roots(&self) -> Vec<Vec<u8>> {
+        self.extra_roots.iter().map(|c| c.to_vec()).collect()
+    }
+
+    /// `GET /v1/info`: version, heartbeat and the relay, within `timeout`.
+    pub async fn info(&self, timeout: Duration) -> Result<DirectoryInfo, DirectoryError> {
+        let url = format!("{}/v1/info", self.base);
+        let unreachable = |reason: String| DirectoryError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(unreachable(format!(
+                "/v1/info answered HTTP {}",
+                resp.status()
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("unexpected answer: {e}")))
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(

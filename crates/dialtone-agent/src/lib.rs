@@ -19,7 +19,9 @@
 
 pub mod api;
 pub mod dirclient;
+pub mod doctor;
 pub mod home;
+pub mod lan;
 mod peer;
 mod session;
 
@@ -68,6 +70,16 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     /// Serve the local API on `agent.sock` in the home. Default: on.
     pub serve_api: bool,
+    /// Refuse to exchange messages over a relayed path: wait for a direct one (hole punching)
+    /// and refuse as `unreachable` if none comes up in time. Default: off.
+    pub direct_only: bool,
+    /// Use the relay the directory names. Default: on. Off: no hole punching through it and
+    /// no relayed fallback.
+    pub use_relay: bool,
+    /// LAN mode: announce this device with mDNS / DNS-SD and find pinned contacts on the LAN,
+    /// so they can talk while the directory is down. Default: off (it sends multicast on every
+    /// interface).
+    pub lan: bool,
 }
 
 impl AgentConfig {
@@ -81,6 +93,9 @@ impl AgentConfig {
             ack_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             serve_api: true,
+            direct_only: false,
+            use_relay: true,
+            lan: false,
         }
     }
 }
@@ -165,6 +180,16 @@ pub enum Event {
     Directory {
         /// Whether connected.
         connected: bool,
+    },
+    /// A peer connection moved to another path (relayed → direct, say).
+    Path {
+        /// The contact.
+        identifier: Identifier,
+        /// Their device.
+        device: DeviceId,
+        /// The new path.
+        #[serde(flatten)]
+        path: dialtone_net::PathInfo,
     },
 }
 
@@ -278,8 +303,27 @@ pub struct StatusView {
     pub connections: usize,
     /// Where this device's peer endpoint listens (as published to the directory).
     pub endpoint: dialtone_proto::directory::EndpointInfo,
+    /// The relay this agent uses (named by the directory), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// Whether relayed message paths are refused (`--direct-only`).
+    pub direct_only: bool,
     /// Agent version.
     pub version: &'static str,
+}
+
+/// One open peer connection and the path its data takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    /// The contact.
+    pub identifier: Identifier,
+    /// Their device.
+    pub device: DeviceId,
+    /// Direct or relayed, the remote address and the round-trip time.
+    #[serde(flatten)]
+    pub path: dialtone_net::PathInfo,
+    /// Seconds since the connection was last used.
+    pub idle_secs: u64,
 }
 
 #[derive(Debug)]
@@ -315,6 +359,8 @@ pub(crate) struct Inner {
     connected: watch::Sender<bool>,
     addr_rx: watch::Receiver<()>,
     config: AgentConfig,
+    relay: Option<dialtone_net::RelaySettings>,
+    lan: Option<lan::Lan>,
     cancel: CancellationToken,
     shutdown_requested: tokio::sync::Notify,
 }
@@ -361,11 +407,45 @@ impl Agent {
         let dir = DirectoryClient::new(&directory, settings.directory_ca.as_deref())?;
         let seed = home.device_secret()?;
         let device_key = SigningKey::from_bytes(&seed);
+        let relay = if config.use_relay {
+            match dir.info(Duration::from_secs(5)).await {
+                Ok(info) => info.relay_url.map(|url| dialtone_net::RelaySettings {
+                    url,
+                    quic_port: info.relay_quic_port,
+                }),
+                Err(e) => {
+                    warn!(
+                        "cannot ask the directory which relay to use ({e}); starting without one"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut ep_config = dialtone_net::EndpointConfig::new(*seed);
         ep_config.bind = config.bind.clone();
         ep_config.portmapper = config.portmapper;
+        ep_config.relay = relay.clone();
+        ep_config.extra_roots = dir.extra_roots();
         let endpoint = dialtone_net::bind(&ep_config).await?;
+        // With a relay, publish once the endpoint knows its public address and home relay
+        // (a fraction of a second), so contacts get a complete address from the start.
+        if relay.is_some() && !dialtone_net::wait_online(&endpoint, Duration::from_secs(3)).await {
+            warn!("the relay did not answer within 3 s; going online with local addresses only");
+        }
         let addr_rx = dialtone_net::addr_changes(&endpoint);
+        let lan = if config.lan {
+            match lan::Lan::start(cert.device_id, &identity_key, &endpoint.bound_sockets()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!("LAN mode (mDNS) could not start: {e}; running without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (session, session_rx) = session::SessionHandle::new();
         let (events, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
@@ -388,6 +468,8 @@ impl Agent {
             events,
             connected: watch::channel(false).0,
             addr_rx,
+            relay,
+            lan,
             config: config.clone(),
             cancel: cancel.clone(),
             shutdown_requested: tokio::sync::Notify::new(),
@@ -436,6 +518,9 @@ impl Agent {
         for t in std::mem::take(&mut self.tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
+        if let Some(lan) = &self.inner.lan {
+            lan.shutdown();
+        }
         self.inner.endpoint.close().await;
         if self.inner.config.serve_api {
             let _ = std::fs::remove_file(self.inner.home.socket_path());
@@ -483,8 +568,19 @@ impl Inner {
         Request::Publish {
             state: st.presence,
             message: st.message.clone(),
-            endpoint: dialtone_net::local_endpoint_info(&self.endpoint),
+            endpoint: self.endpoint_info(),
         }
+    }
+
+    /// Our addresses as published: every direct address iroh found (local interfaces and the
+    /// public one learned through the relay, IPv6 first) and the relay, also before iroh
+    /// reports it as home relay.
+    pub(crate) fn endpoint_info(&self) -> dialtone_proto::directory::EndpointInfo {
+        let mut info = dialtone_net::local_endpoint_info(&self.endpoint);
+        if info.relay_url.is_none() {
+            info.relay_url = self.relay.as_ref().map(|r| r.url.clone());
+        }
+        info
     }
 
     pub(crate) fn handle_internal_reply(&self, reply: Reply) {
@@ -639,9 +735,53 @@ impl AgentHandle {
             directory_connected: *self.inner.connected.borrow(),
             directory: self.inner.dir.base().to_owned(),
             connections: st.conns.len(),
-            endpoint: dialtone_net::local_endpoint_info(&self.inner.endpoint),
+            endpoint: self.inner.endpoint_info(),
+            relay: self.inner.relay.as_ref().map(|r| r.url.clone()),
+            direct_only: self.inner.config.direct_only,
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+
+    /// Devices seen on the LAN (LAN mode), with the pinned contact each one announces, if any.
+    pub fn lan_peers(&self) -> Vec<serde_json::Value> {
+        let Some(lan) = &self.inner.lan else {
+            return Vec::new();
+        };
+        let st = self.inner.lock();
+        lan.peers()
+            .into_iter()
+            .map(|p| {
+                let contact = st
+                    .pins
+                    .iter()
+                    .find(|(_, pin)| lan::key_tag(&pin.identity_key) == p.key_tag)
+                    .map(|(id, _)| id.clone());
+                serde_json::json!({
+                    "device": p.device,
+                    "addrs": p.addrs,
+                    "contact": contact,
+                })
+            })
+            .collect()
+    }
+
+    /// Open peer connections with their current path (read live from iroh: a connection that
+    /// moved from the relay to a direct path shows as direct at once).
+    pub fn connections(&self) -> Vec<ConnectionView> {
+        let st = self.inner.lock();
+        let mut v: Vec<ConnectionView> = st
+            .conns
+            .iter()
+            .filter(|(_, pc)| pc.conn.close_reason().is_none())
+            .map(|(device, pc)| ConnectionView {
+                identifier: pc.identifier.clone(),
+                device: *device,
+                path: dialtone_net::selected_path(&pc.conn),
+                idle_secs: pc.last_used.elapsed().as_secs(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        v
     }
 
     /// Sets our presence; contacts get it pushed by the directory. Kept for the next start.

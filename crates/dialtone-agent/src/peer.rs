@@ -104,19 +104,27 @@ async fn verify_hello(
         .get(id)
         .filter(|c| c.relation == Relation::Accepted)
         .cloned();
-    let contact = match cached {
-        Some(c) => c,
+    let expected_key = match cached {
+        Some(c) => c.identity_key,
         None => match lookup(inner, id).await {
             Ok(c) if c.relation == Relation::Accepted => {
                 // The directory knows better than our cache (a push may be on its way):
                 // record it, so the per-message check agrees with this one.
-                inner.update_contact(c.clone(), false);
-                c
+                let key = c.identity_key;
+                inner.update_contact(c, false);
+                key
+            }
+            // LAN mode with the directory down: a contact whose key we pinned earlier.
+            Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
+                match inner.lock().pins.get(id) {
+                    Some(pin) => pin.identity_key,
+                    None => return Err(CloseCode::NotAContact),
+                }
             }
             _ => return Err(CloseCode::NotAContact),
         },
     };
-    if contact.identity_key != cert.identity_key {
+    if expected_key != cert.identity_key {
         return Err(CloseCode::KeyChanged);
     }
     let mut st = inner.lock();
@@ -163,6 +171,16 @@ async fn lookup(inner: &Arc<Inner>, id: &Identifier) -> Result<ContactEntry, Ses
 }
 
 fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, identifier: Identifier) {
+    let events = inner.events.clone();
+    let who = identifier.clone();
+    dialtone_net::watch_paths(&conn, move |path| {
+        debug!(peer = %device.short(), path = ?path.path, "peer path changed");
+        let _ = events.send(Event::Path {
+            identifier: who.clone(),
+            device,
+            path,
+        });
+    });
     inner.lock().conns.insert(
         device,
         PeerConn {
@@ -187,6 +205,7 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
         touch(&inner, &device);
         let inner = inner.clone();
         let from = from.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let frame =
                 match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv)).await {
@@ -202,7 +221,16 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
             else {
                 return debug!("unexpected frame from peer");
             };
-            let answer = deliver(&inner, from, device, id, sent_at_ms, body);
+            let answer = if inner.config.direct_only
+                && !dialtone_net::wait_direct(&conn, Duration::from_secs(3)).await
+            {
+                Frame::Refuse {
+                    id,
+                    refusal: Refusal::Unreachable,
+                }
+            } else {
+                deliver(&inner, from, device, id, sent_at_ms, body)
+            };
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
         });
@@ -225,12 +253,14 @@ fn deliver(
     sent_at_ms: u64,
     body: String,
 ) -> Frame {
+    let lan_only = inner.lan.is_some() && !*inner.connected.borrow();
     let (state, accepted) = {
         let st = inner.lock();
-        let accepted = st
-            .contacts
-            .get(&from)
-            .is_some_and(|c| c.relation == Relation::Accepted);
+        let accepted = match st.contacts.get(&from) {
+            Some(c) => c.relation == Relation::Accepted,
+            // LAN mode with the directory down: contacts pinned earlier (as the hello checked).
+            None => lan_only && st.pins.contains_key(&from),
+        };
         (st.presence, accepted)
     };
     // Checked on every message, not only at the hello: a contact removed or blocked since the
@@ -318,6 +348,9 @@ pub(crate) async fn send_text(
         Some(c) => c,
         None => match lookup(inner, &to).await {
             Ok(c) => c,
+            Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
+                return lan_send(inner, to, body).await;
+            }
             Err(SessionError::Refused(body))
                 if body.error == dialtone_proto::directory::ErrorCode::NotFound =>
             {
@@ -362,7 +395,7 @@ pub(crate) async fn send_text(
             sent_at_ms,
             body: body.clone(),
         };
-        send_to_device(inner, &to, d, frame)
+        send_to_device(inner, &to, d.cert.device_id, &d.endpoint, frame)
     });
     let results = futures_util::future::join_all(attempts).await;
     let mut delivered = Vec::new();
@@ -395,19 +428,98 @@ pub(crate) async fn send_text(
     .into_iter()
     .find(|r| refusals.contains(r))
     .unwrap_or(Refusal::Unreachable);
+    if inner.config.direct_only && worst == Refusal::Unreachable {
+        return Err(SendError::Refused {
+            refusal: worst,
+            message: format!(
+                "no direct path to {to} came up, and this agent runs with --direct-only, which \
+                 refuses relayed paths; nothing was sent and nothing is kept. Start the agent \
+                 without --direct-only to allow the relay"
+            ),
+        });
+    }
     Err(SendError::refused(worst, &to))
+}
+
+/// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
+/// pinned for `to`. The hello still proves each device's certificate for that key.
+async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
+    let Some(pin) = inner.lock().pins.get(&to).copied() else {
+        return Err(SendError::Invalid(format!(
+            "the directory is unreachable, and {to} is not a contact you have talked to before \
+             (no pinned key), so they cannot be found on the LAN; try again when the directory \
+             is back"
+        )));
+    };
+    let tag = crate::lan::key_tag(&pin.identity_key);
+    let devices: Vec<_> = inner
+        .lan
+        .as_ref()
+        .map(|l| l.peers())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.key_tag == tag)
+        .collect();
+    if devices.is_empty() {
+        return Err(SendError::refused(Refusal::Offline, &to));
+    }
+    let id = new_message_id();
+    let sent_at_ms = timestamp_ms();
+    let mut refusals = Vec::new();
+    let mut delivered = Vec::new();
+    for p in devices {
+        let frame = Frame::Text {
+            id,
+            sent_at_ms,
+            body: body.clone(),
+        };
+        let info = dialtone_proto::directory::EndpointInfo {
+            addrs: p.addrs.clone(),
+            relay_url: None,
+        };
+        match send_to_device(inner, &to, p.device, &info, frame).await {
+            Ok(shown_to) => delivered.push(DeviceDelivery {
+                device: p.device,
+                name: "lan".into(),
+                shown_to,
+            }),
+            Err(r) => refusals.push(r),
+        }
+    }
+    if delivered.is_empty() {
+        return Err(SendError::refused(
+            refusals.first().copied().unwrap_or(Refusal::Unreachable),
+            &to,
+        ));
+    }
+    Ok(Delivery {
+        id,
+        delivered_to: delivered,
+    })
 }
 
 async fn send_to_device(
     inner: &Arc<Inner>,
     to: &Identifier,
-    dev: &DeviceEndpoint,
+    device: DeviceId,
+    endpoint: &dialtone_proto::directory::EndpointInfo,
     frame: Frame,
 ) -> Result<u32, Refusal> {
-    let device = dev.cert.device_id;
     // One retry with a fresh connection if a cached one turns out to be dead.
+    let started = Instant::now();
     for attempt in 0..2 {
-        let (conn, fresh) = connection(inner, to, dev).await?;
+        let (conn, fresh) = connection(inner, to, device, endpoint).await?;
+        if inner.config.direct_only {
+            let left = inner
+                .config
+                .connect_timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            if !dialtone_net::wait_direct(&conn, left).await {
+                debug!(peer = %device.short(), "no direct path (direct-only)");
+                return Err(Refusal::Unreachable);
+            }
+        }
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| None)?;
             write_frame(&mut send, &frame).await.map_err(|_| None)?;
@@ -464,9 +576,9 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
 async fn connection(
     inner: &Arc<Inner>,
     to: &Identifier,
-    dev: &DeviceEndpoint,
+    device: DeviceId,
+    endpoint: &dialtone_proto::directory::EndpointInfo,
 ) -> Result<(Connection, bool), Refusal> {
-    let device = dev.cert.device_id;
     if let Some(pc) = inner.lock().conns.get_mut(&device)
         && pc.conn.close_reason().is_none()
     {
@@ -475,7 +587,7 @@ async fn connection(
     }
     let started = Instant::now();
     let timeout = inner.config.connect_timeout;
-    let conn = dialtone_net::connect(&inner.endpoint, &device, &dev.endpoint, timeout)
+    let conn = dialtone_net::connect(&inner.endpoint, &device, endpoint, timeout)
         .await
         .map_err(|e| {
             debug!(peer = %device.short(), "connect failed: {e}");

@@ -86,6 +86,22 @@ enum Command {
     Status {
         #[command(subcommand)]
         set: Option<StatusCommand>,
+        /// List open peer connections: direct or relayed, remote address, round-trip time.
+        #[arg(long)]
+        connections: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Devices seen on the LAN (with `up --lan`), and which contact each one is.
+    Lan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this device's network: IPv6, NAT kind, the relay's latency, and whether direct
+    /// connections to others are likely to work.
+    Doctor {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -156,6 +172,14 @@ struct UpArgs {
     /// Do not ask the router for a port mapping (UPnP/PCP/NAT-PMP).
     #[arg(long)]
     no_portmapper: bool,
+    /// Never send or accept messages over the relay: wait for a direct path and refuse
+    /// (`unreachable`) if none comes up.
+    #[arg(long)]
+    direct_only: bool,
+    /// LAN mode: announce this device with mDNS and reach contacts you talked to before on
+    /// the LAN, even while the directory is down.
+    #[arg(long)]
+    lan: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -387,7 +411,38 @@ async fn run(cli: Cli) -> Result {
         Command::Up(args) => up(home, args).await,
         Command::Down => down(&home).await,
         Command::Contacts(c) => contacts(&home, c).await,
-        Command::Status { set, json } => status(&home, set, json).await,
+        Command::Status {
+            set,
+            connections: true,
+            json,
+        } if set.is_none() => connections(&home, json).await,
+        Command::Status { set, json, .. } => status(&home, set, json).await,
+        Command::Doctor { json } => doctor(&home, json).await,
+        Command::Lan { json } => {
+            let peers = call(&home, "lan.peers", json!({})).await?;
+            if json {
+                println!("{peers}");
+            } else {
+                let list = peers.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no Dialtone devices seen on the LAN (is the agent up with --lan?)");
+                }
+                for p in list {
+                    println!(
+                        "{}  device {}  {}",
+                        p["contact"].as_str().unwrap_or("(not a pinned contact)"),
+                        p["device"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(10)
+                            .collect::<String>(),
+                        p["addrs"]
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Send { to, text, json } => send(&home, &to, text, json).await,
         Command::Watch { json } => watch(&home, json).await,
         Command::Chat { with } => chat(&home, &with).await,
@@ -495,6 +550,8 @@ async fn up(home: Home, args: UpArgs) -> Result {
         config.bind = args.bind.clone();
     }
     config.portmapper = !args.no_portmapper;
+    config.direct_only = args.direct_only;
+    config.lan = args.lan;
     let agent = Agent::start(config).await.map_err(|e| {
         let code = match e {
             dialtone_agent::StartError::Directory(_) => EXIT_DIRECTORY,
@@ -558,6 +615,12 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
     }
     if args.no_portmapper {
         cmd.arg("--no-portmapper");
+    }
+    if args.direct_only {
+        cmd.arg("--direct-only");
+    }
+    if args.lan {
+        cmd.arg("--lan");
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("log file")?)
@@ -739,6 +802,58 @@ async fn list_contacts(home: &Home, json: bool) -> Result {
         );
     }
     Ok(())
+}
+
+async fn connections(home: &Home, json: bool) -> Result {
+    let list = call(home, "connections.list", json!({})).await?;
+    if json {
+        println!("{list}");
+        return Ok(());
+    }
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no open peer connections");
+    }
+    for c in items {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
+        let device: String = s("device").chars().take(8).collect();
+        let rtt = c["rtt_ms"]
+            .as_f64()
+            .map(|ms| format!("rtt {ms:.1} ms"))
+            .unwrap_or_else(|| "rtt -".into());
+        println!(
+            "{}  device {device}  {:<8}  {}  {rtt}",
+            s("identifier"),
+            s("path"),
+            c["remote_addr"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+async fn doctor(home: &Home, json: bool) -> Result {
+    let report = dialtone_agent::doctor::run(home).await.map_err(|e| Fail {
+        code: match e {
+            dialtone_agent::doctor::DoctorError::Directory(_) => EXIT_DIRECTORY,
+            _ => 2,
+        },
+        message: e.to_string(),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report).context("json")?);
+    } else {
+        for line in &report.summary {
+            println!("{line}");
+        }
+    }
+    if report.directory_reachable {
+        Ok(())
+    } else {
+        Err(Fail {
+            code: EXIT_DIRECTORY,
+            message: format!("the directory {} does not answer", report.directory),
+        })
+    }
 }
 
 async fn status(home: &Home, set: Option<StatusCommand>, json: bool) -> Result {

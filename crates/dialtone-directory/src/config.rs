@@ -37,6 +37,26 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// SMS verification through an HTTP gateway. Default: none.
     pub sms: Option<SmsConfig>,
+    /// The relay (iroh-relay) beside the directory. Default: none — agents then get no hole
+    /// punching and no relayed fallback, only direct paths to addresses they can reach.
+    pub relay: Option<RelaySection>,
+}
+
+/// `[relay]`: run a relay beside the directory and tell agents its URL (`/v1/info`).
+///
+/// It serves HTTPS with the directory's `[tls]` certificate (which must then also name the
+/// relay's host), plus QUIC address discovery and the doctor's address echo on free UDP
+/// ports. Without `[tls]` it serves plain HTTP, without address discovery, and only on
+/// loopback (unless `insecure_http`). It forwards encrypted packets in real time and keeps
+/// nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// The relay's address, e.g. `"[::]:3340"` (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The URL agents use, if it differs from `https://HOST:PORT` where HOST is the host the
+    /// agent reached the directory at and PORT the relay's port. Default: that.
+    pub public_url: Option<String>,
 }
 
 /// How to reach the SMTP relay.
@@ -131,6 +151,7 @@ impl Default for Config {
             limits: Limits::default(),
             smtp: None,
             sms: None,
+            relay: None,
         }
     }
 }

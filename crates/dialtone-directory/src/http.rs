@@ -596,11 +596,38 @@ async fn webfinger(
     Ok(resp)
 }
 
-async fn info_route(State(st): State<Arc<AppState>>) -> Json<DirectoryInfo> {
+async fn info_route(
+    State(st): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Json<DirectoryInfo> {
+    let relay = st.relay.as_ref();
+    // The relay lives on the directory's host: unless configured otherwise, its URL uses the
+    // host this agent reached the directory at (so an IPv6-only agent gets an IPv6 URL).
+    let relay_url = relay.and_then(|r| {
+        if let Some(u) = &r.public_url {
+            return Some(u.clone());
+        }
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"[]:.-".contains(&b))
+        {
+            return None;
+        }
+        let scheme = if r.tls { "https" } else { "http" };
+        Some(format!("{scheme}://{host}:{}", r.port))
+    });
     Json(DirectoryInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: 1,
-        relay_url: None,
+        relay_url,
         heartbeat_secs: st.config.session.heartbeat.as_secs().max(1),
+        relay_quic_port: relay.and_then(|r| r.quic_port),
+        echo_ports: relay.map(|r| r.echo_ports.clone()).unwrap_or_default(),
     })
 }

@@ -72,6 +72,22 @@ pub enum BindError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The relay could not start.
+    #[error(transparent)]
+    Relay(#[from] dialtone_net::relay::RelayError),
+    /// The relay's address echo could not bind.
+    #[error("cannot bind the relay's address echo: {0}")]
+    Echo(#[source] std::io::Error),
+}
+
+/// What `/v1/info` tells agents about the relay.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayInfo {
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+    pub(crate) quic_port: Option<u16>,
+    pub(crate) echo_ports: Vec<u16>,
+    pub(crate) public_url: Option<String>,
 }
 
 type Limiter<K> = Mutex<RateLimiter<K>>;
@@ -94,6 +110,7 @@ pub(crate) struct AppState {
     sessions: sessions::Sessions,
     limits: Limits,
     public_url: String,
+    relay: Option<RelayInfo>,
 }
 
 /// A running directory.
@@ -104,6 +121,10 @@ pub struct Server {
     state: Arc<AppState>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    relay: Option<(
+        dialtone_net::relay::RelayServer,
+        dialtone_net::doctor::AddrEcho,
+    )>,
 }
 
 impl Server {
@@ -126,6 +147,17 @@ impl Server {
                 None
             }
         };
+        let relay = match &config.relay {
+            None => None,
+            Some(r) => Some(spawn_relay(&config, r).await?),
+        };
+        let relay_info = relay.as_ref().map(|(server, echo)| RelayInfo {
+            port: server.addr().port(),
+            tls: server.tls(),
+            quic_port: server.quic_port(),
+            echo_ports: echo.ports().to_vec(),
+            public_url: config.relay.as_ref().and_then(|r| r.public_url.clone()),
+        });
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || store::Store::open(&dir))
             .await
@@ -164,6 +196,7 @@ impl Server {
             sessions: sessions::Sessions::default(),
             limits,
             public_url,
+            relay: relay_info,
         });
         let cancel = CancellationToken::new();
         let router = http::router(state.clone());
@@ -176,12 +209,16 @@ impl Server {
             cancel.clone(),
         ));
         info!(%url, "directory listening");
+        if let Some((r, _)) = &relay {
+            info!(addr = %r.addr(), tls = r.tls(), "relay listening");
+        }
         Ok(Self {
             local_addr,
             url,
             state,
             cancel,
             task,
+            relay,
         })
     }
 
@@ -195,6 +232,11 @@ impl Server {
         &self.url
     }
 
+    /// The relay's bound address, if it runs.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().map(|(r, _)| r.addr())
+    }
+
     /// Number of open sessions (online devices).
     pub fn sessions(&self) -> usize {
         self.state.sessions.count()
@@ -202,7 +244,10 @@ impl Server {
 
     /// Stops accepting, closes every session (each sends a WebSocket close frame), and waits
     /// for the session tasks to end (5 s at most).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some((relay, _echo)) = self.relay.take() {
+            relay.shutdown().await;
+        }
         self.cancel.cancel();
         self.state.sessions.shutdown.cancel();
         let _ = self.task.await;
@@ -223,7 +268,35 @@ impl Server {
     }
 }
 
-fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, BindError> {
+async fn spawn_relay(
+    config: &Config,
+    r: &config::RelaySection,
+) -> Result<
+    (
+        dialtone_net::relay::RelayServer,
+        dialtone_net::doctor::AddrEcho,
+    ),
+    BindError,
+> {
+    let mut rc = dialtone_net::relay::RelayServerConfig::new(r.listen);
+    match &config.tls {
+        Some(t) => rc.tls = Some(load_cert(t)?),
+        None => {
+            if !r.listen.ip().is_loopback() && !config.insecure_http {
+                return Err(BindError::InsecureHttp(r.listen));
+            }
+        }
+    }
+    let server = dialtone_net::relay::RelayServer::spawn(rc).await?;
+    let echo = dialtone_net::doctor::AddrEcho::spawn(r.listen.ip())
+        .await
+        .map_err(BindError::Echo)?;
+    Ok((server, echo))
+}
+
+fn load_cert(
+    t: &config::TlsConfig,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BindError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
         .and_then(|i| i.collect::<Result<_, _>>())
         .map_err(|e| BindError::Tls(format!("{}: {e}", t.cert.display())))?;
@@ -235,6 +308,11 @@ fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, Bind
     }
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .map_err(|e| BindError::Tls(format!("{}: {e}", t.key.display())))?;
+    Ok((certs, key))
+}
+
+fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, BindError> {
+    let (certs, key) = load_cert(t)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -37,6 +37,9 @@ struct Args {
     /// Allow plain HTTP on a non-loopback address (never in production).
     #[arg(long)]
     insecure_http: bool,
+    /// Run a relay on this address (like `[relay] listen`); agents learn its URL.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<SocketAddr>,
 }
 
 /// Every session is a socket: lift the soft open-file limit to the hard one, as servers do.
@@ -91,6 +94,10 @@ fn main() -> ExitCode {
         config.tls = Some(TlsConfig { cert, key });
     }
     config.insecure_http |= args.insecure_http;
+    if let Some(listen) = args.relay {
+        let public_url = config.relay.take().and_then(|r| r.public_url);
+        config.relay = Some(dialtone_directory::config::RelaySection { listen, public_url });
+    }
 
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -105,12 +112,18 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("dialtone-directory: {e}");
                 return match e {
-                    BindError::Listen { .. } | BindError::Store(_) => ExitCode::from(1),
+                    BindError::Listen { .. }
+                    | BindError::Store(_)
+                    | BindError::Relay(_)
+                    | BindError::Echo(_) => ExitCode::from(1),
                     _ => ExitCode::from(2),
                 };
             }
         };
         println!("listening on {}", server.url());
+        if let Some(relay) = server.relay_addr() {
+            println!("relay on {relay}");
+        }
         let _ = std::io::stdout().flush();
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1026,3 +1026,60 @@ async fn binary_prints_its_url_and_stops_on_sigterm() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--insecure-http"), "{err}");
 }
+
+/// Issue 4: the relay beside the directory. `/v1/info` names it with the host the client used
+/// (so an IPv6 client gets an IPv6 URL), the relay answers, and plain HTTP is refused off
+/// loopback as for the directory itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_is_announced_in_info_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |c| {
+        c.relay = Some(dialtone_directory::config::RelaySection {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+        });
+    })
+    .await;
+    let relay = d.srv.relay_addr().expect("relay running");
+    let info = d.get("/v1/info").await;
+    assert_eq!(
+        info.body["relay_url"],
+        format!("http://127.0.0.1:{}", relay.port()),
+        "{}",
+        info.body
+    );
+    assert_eq!(info.body["echo_ports"].as_array().map(Vec::len), Some(2));
+    // Without TLS there is no QUIC address discovery to announce.
+    assert!(info.body.get("relay_quic_port").is_none(), "{}", info.body);
+    // The relay itself answers its health check.
+    let health = tokio::time::timeout(
+        WAIT,
+        http_client().get(format!("http://{relay}/healthz")).send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(health.status().is_success(), "{}", health.status());
+    // A Host header with a name gives a URL with that name.
+    let named = send(
+        http_client()
+            .get(format!("{}/v1/info", d.base))
+            .header("host", "directory.test:443"),
+    )
+    .await;
+    assert_eq!(
+        named.body["relay_url"],
+        format!("http://directory.test:{}", relay.port())
+    );
+
+    // Plain HTTP relay on a public address: refused with the same advice as the directory.
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = tmp.path().join("data2");
+    c.relay = Some(dialtone_directory::config::RelaySection {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        public_url: None,
+    });
+    let err = Server::bind(c).await.unwrap_err().to_string();
+    assert!(err.contains("--tls-cert"), "{err}");
+}

@@ -17,9 +17,16 @@ use dialtone_proto::{
     wire::{ALPN, DecodeError, Frame, MAX_FRAME_LEN},
 };
 use iroh::{
-    EndpointAddr, RelayMode, SecretKey, TransportAddr,
+    EndpointAddr, RelayConfig, RelayMode, SecretKey, TransportAddr,
     endpoint::{PortmapperConfig, presets},
+    tls::CaTlsConfig,
 };
+use iroh_relay::RelayQuicConfig;
+use serde::Serialize;
+
+pub mod doctor;
+#[cfg(feature = "relay-server")]
+pub mod relay;
 
 /// The iroh endpoint itself, for `dialtone-agent`'s accept loop.
 pub use iroh::Endpoint;
@@ -36,8 +43,12 @@ pub struct EndpointConfig {
     pub secret_key: [u8; 32],
     /// Local addresses to bind. Default: `[::]:0` and `0.0.0.0:0`.
     pub bind: Vec<SocketAddr>,
-    /// A relay URL to use (from the directory). Default: none, direct paths only.
-    pub relay_url: Option<String>,
+    /// The relay to use (the directory names it in `/v1/info`). Default: none — then there
+    /// is no hole punching and no relayed fallback, only direct paths to reachable addresses.
+    pub relay: Option<RelaySettings>,
+    /// Extra CA certificates (DER) to trust for the relay's TLS, besides the public roots (the
+    /// directory's private CA). Default: none.
+    pub extra_roots: Vec<Vec<u8>>,
     /// Ask the home router for a port mapping (UPnP, PCP, NAT-PMP). Default: on. Switch it off
     /// in tests and on loopback-only demos: it sends packets to the LAN's gateway.
     pub portmapper: bool,
@@ -52,10 +63,21 @@ impl EndpointConfig {
                 SocketAddr::from(([0u16; 8], 0)),
                 SocketAddr::from(([0u8; 4], 0)),
             ],
-            relay_url: None,
+            relay: None,
+            extra_roots: Vec::new(),
             portmapper: true,
         }
     }
+}
+
+/// A relay server as the directory announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// Its URL (`https://host:port`, or `http://` for a relay without TLS).
+    pub url: String,
+    /// The UDP port of its QUIC address discovery, which tells the endpoint its public
+    /// address (needs TLS). `None`: no address discovery.
+    pub quic_port: Option<u16>,
 }
 
 /// Why the endpoint could not start.
@@ -112,17 +134,27 @@ pub async fn bind(config: &EndpointConfig) -> Result<Endpoint, BindError> {
 }
 
 async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
-    let relay_mode = match &config.relay_url {
+    let relay_mode = match &config.relay {
         None => RelayMode::Disabled,
-        Some(url) => {
-            let url: iroh::RelayUrl = url.parse().map_err(|_| BindError::RelayUrl(url.clone()))?;
-            RelayMode::custom([url])
+        Some(relay) => {
+            let url: iroh::RelayUrl = relay
+                .url
+                .parse()
+                .map_err(|_| BindError::RelayUrl(relay.url.clone()))?;
+            let quic = relay.quic_port.map(RelayQuicConfig::new);
+            RelayMode::Custom(iroh::RelayMap::from(RelayConfig::new(url, quic)))
         }
     };
+    let roots = config
+        .extra_roots
+        .iter()
+        .map(|der| rustls::pki_types::CertificateDer::from(der.clone()));
     let mut builder = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&config.secret_key))
         .alpns(vec![ALPN.to_vec()])
         .relay_mode(relay_mode)
+        .ca_tls_config(CaTlsConfig::embedded().with_extra_roots(roots))
+        .net_report_config(net_report_config())
         .clear_address_lookup()
         .clear_ip_transports();
     if !config.portmapper {
@@ -138,6 +170,24 @@ async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
         .bind()
         .await
         .map_err(|e| BindError::Iroh(Box::new(e)))
+}
+
+/// Waits until the endpoint is connected to its relay and knows its public address (at most
+/// `timeout`); `false` if that did not happen in time (or there is no relay).
+pub async fn wait_online(endpoint: &Endpoint, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, endpoint.online())
+        .await
+        .is_ok()
+}
+
+/// Network checks: HTTPS latency probes to the relay (for networks that block QUIC), but no
+/// captive-portal check: it asks `http://RELAY-HOST:80/generate_204`, and our relay beside the
+/// directory serves that on another port; the check would only delay the first report by
+/// its timeout (about 3 s).
+fn net_report_config() -> iroh::NetReportConfig {
+    let mut c = iroh::NetReportConfig::minimal();
+    c.https_probes = true;
+    c
 }
 
 /// The device id of an endpoint.
@@ -167,6 +217,96 @@ pub fn local_endpoint_info(endpoint: &Endpoint) -> EndpointInfo {
     addrs.truncate(dialtone_proto::directory::MAX_ADDRS);
     let relay_url = addr.relay_urls().next().map(|u| u.to_string());
     EndpointInfo { addrs, relay_url }
+}
+
+/// Whether a connection's data goes directly between the two devices or through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// Straight between the two devices (UDP over IPv6 or IPv4).
+    Direct,
+    /// Forwarded by the relay (encrypted end to end; the relay sees only packets).
+    Relayed,
+    /// No path selected yet (the connection is starting or closing).
+    None,
+}
+
+/// The path a connection currently sends its data on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PathInfo {
+    /// Direct or relayed.
+    pub path: PathKind,
+    /// The remote end: a socket address for a direct path, the relay's URL for a relayed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    /// The round-trip time on this path, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// How many paths are open (a relayed one and direct candidates, say).
+    pub open_paths: usize,
+}
+
+/// The path `conn` currently uses for its data.
+pub fn selected_path(conn: &Connection) -> PathInfo {
+    let paths = conn.paths();
+    let mut info = PathInfo {
+        path: PathKind::None,
+        remote_addr: None,
+        rtt_ms: None,
+        open_paths: paths.iter().count(),
+    };
+    if let Some(p) = paths.iter().find(|p| p.is_selected()) {
+        info.path = if p.is_ip() {
+            PathKind::Direct
+        } else {
+            PathKind::Relayed
+        };
+        info.remote_addr = Some(match p.remote_addr() {
+            TransportAddr::Ip(a) => a.to_string(),
+            TransportAddr::Relay(u) => u.to_string(),
+            other => format!("{other:?}"),
+        });
+        info.rtt_ms = Some(p.rtt().as_secs_f64() * 1000.0);
+    }
+    info
+}
+
+/// Waits until `conn` sends on a direct path; `false` if none was selected within `timeout`
+/// or the connection closed.
+pub async fn wait_direct(conn: &Connection, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if selected_path(conn).path == PathKind::Direct {
+            return true;
+        }
+        if conn.close_reason().is_some() || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Calls `on_change` with the new path each time the connection's selected path changes
+/// (for example when iroh moves it from the relay to a direct path), until it closes. The
+/// task holds only a weak handle: it does not keep the connection open.
+pub fn watch_paths(conn: &Connection, on_change: impl Fn(PathInfo) + Send + 'static) {
+    let weak = conn.weak_handle();
+    let mut events = conn.path_events();
+    let mut last = selected_path(conn);
+    tokio::spawn(async move {
+        loop {
+            if futures_util::StreamExt::next(&mut events).await.is_none() {
+                return;
+            }
+            let Some(conn) = weak.upgrade() else { return };
+            let now = selected_path(&conn);
+            drop(conn);
+            if now.path != last.path || now.remote_addr != last.remote_addr {
+                on_change(now.clone());
+                last = now;
+            }
+        }
+    });
 }
 
 /// Why a connection attempt failed.

@@ -141,6 +141,14 @@ pub struct DirectoryInfo {
     pub relay_url: Option<String>,
     /// Seconds between keep-alive pings on the session.
     pub heartbeat_secs: u64,
+    /// The relay's UDP port for QUIC address discovery (how a device learns its public
+    /// address), if it runs one (it needs TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_quic_port: Option<u16>,
+    /// Two UDP ports of the address echo beside the relay, on the relay's host (for
+    /// `dialtone doctor`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub echo_ports: Vec<u16>,
 }
 
 /// A machine-readable error code, stable across versions.

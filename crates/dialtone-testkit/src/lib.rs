@@ -18,6 +18,21 @@ use std::{
 
 use serde_json::Value;
 
+pub mod netns;
+
+/// A command for `program`, run inside network namespace `netns` if given
+/// (`ip netns exec NS PROGRAM`).
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+    }
+}
+
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("DIALTONE_BIN_DIR")
@@ -52,6 +67,7 @@ pub struct Directory {
     pub outbox: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    netns: Option<String>,
 }
 
 impl Directory {
@@ -66,7 +82,7 @@ impl Directory {
         let data = tmp.path().join("data");
         let outbox = tmp.path().join("outbox");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn_directory("127.0.0.1:0", &data, &outbox, &extra);
+        let (child, url) = spawn_directory(None, "127.0.0.1:0", &data, &outbox, &extra);
         let addr = url.split("://").nth(1).unwrap().to_owned();
         Self {
             child: Some(child),
@@ -76,6 +92,27 @@ impl Directory {
             outbox,
             _tmp: Some(tmp),
             extra,
+            netns: None,
+        }
+    }
+
+    /// Starts a directory inside network namespace `netns`, listening on `listen`; `url` is
+    /// what agents use to reach it (the listen address may be a wildcard).
+    pub fn start_in(netns: &str, listen: &str, url: &str, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let outbox = tmp.path().join("outbox");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, _) = spawn_directory(Some(netns), listen, &data, &outbox, &extra);
+        Self {
+            child: Some(child),
+            url: url.to_owned(),
+            addr: listen.to_owned(),
+            data,
+            outbox,
+            _tmp: Some(tmp),
+            extra,
+            netns: Some(netns.to_owned()),
         }
     }
 
@@ -108,7 +145,13 @@ impl Directory {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may take a moment to be free again.
-            match try_spawn_directory(&self.addr, &self.data, &self.outbox, &self.extra) {
+            match try_spawn_directory(
+                self.netns.as_deref(),
+                &self.addr,
+                &self.data,
+                &self.outbox,
+                &self.extra,
+            ) {
                 Ok((child, url)) => {
                     assert_eq!(url, self.url);
                     self.child = Some(child);
@@ -133,17 +176,25 @@ impl Drop for Directory {
     }
 }
 
-fn spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -> (Child, String) {
-    try_spawn_directory(listen, data, outbox, extra).unwrap_or_else(|e| panic!("directory: {e}"))
+fn spawn_directory(
+    netns: Option<&str>,
+    listen: &str,
+    data: &Path,
+    outbox: &Path,
+    extra: &[String],
+) -> (Child, String) {
+    try_spawn_directory(netns, listen, data, outbox, extra)
+        .unwrap_or_else(|e| panic!("directory: {e}"))
 }
 
 fn try_spawn_directory(
+    netns: Option<&str>,
     listen: &str,
     data: &Path,
     outbox: &Path,
     extra: &[String],
 ) -> Result<(Child, String), String> {
-    let mut child = Command::new(bin("dialtone-directory"))
+    let mut child = command_in(netns, &bin("dialtone-directory"))
         .args(["--listen", listen])
         .arg("--data")
         .arg(data)
@@ -237,6 +288,8 @@ impl Run {
 pub struct Person {
     pub identifier: String,
     pub home: PathBuf,
+    /// The network namespace its commands (and agent) run in, if any.
+    pub netns: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -248,10 +301,18 @@ impl Person {
         let p = Self {
             identifier: identifier.to_owned(),
             home,
+            netns: None,
             _tmp: tmp,
         };
         p.run(&["id", "new", "--no-passphrase", "--name", "test-device"])
             .ok();
+        p
+    }
+
+    /// A person whose commands and agent run inside network namespace `netns`.
+    pub fn new_in(netns: &str, identifier: &str) -> Self {
+        let mut p = Self::new(identifier);
+        p.netns = Some(netns.to_owned());
         p
     }
 
@@ -262,6 +323,7 @@ impl Person {
         let p = Self {
             identifier: identifier.to_owned(),
             home,
+            netns: None,
             _tmp: tmp,
         };
         p.run(&["id", "new", "--passphrase-file", file.to_str().unwrap()])
@@ -303,7 +365,7 @@ impl Person {
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let started = Instant::now();
-        let mut cmd = Command::new(bin("dialtone"));
+        let mut cmd = command_in(self.netns.as_deref(), &bin("dialtone"));
         cmd.arg("--home")
             .arg(&self.home)
             .args(args)
@@ -442,6 +504,26 @@ impl Person {
 
 impl Drop for Person {
     fn drop(&mut self) {
+        // DIALTONE_TEST_LOGS=DIR keeps every agent's log as DIR/<identifier>.log.
+        if let Some(dir) = std::env::var_os("DIALTONE_TEST_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(
+                self.home.join("agent.log"),
+                Path::new(&dir).join(format!("{}.log", self.identifier)),
+            );
+        }
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.home.join("agent.log"))
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- {} agent.log (last {} lines) ---\n{}",
+                self.identifier,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         if let Some(pid) = self.agent_pid() {
             unsafe {
                 libc::kill(pid, libc::SIGCONT);

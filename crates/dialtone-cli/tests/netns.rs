@@ -1,0 +1,195 @@
+//! The network-namespace matrix: two agents and a "public" directory + relay in namespaces this
+//! test builds with `ip netns`, veth pairs and nftables NAT (see `dialtone_testkit::netns`).
+//!
+//! For each topology: the real binaries, a message delivered and acknowledged, and the path it
+//! settles on — direct everywhere except where a symmetric NAT makes it impossible, relayed
+//! there. Plus: the relay keeps nothing (a relayed message to a peer that left is refused and
+//! never arrives later), `--direct-only` refuses a relayed path, and `dialtone doctor` names the
+//! NAT kind.
+//!
+//! Needs root: run in their own nextest test group (`.config/nextest.toml`, one at a time);
+//! without root or `ip netns`, every test here prints SKIPPED and passes.
+
+use std::time::Duration;
+
+use dialtone_testkit::netns::{BOB, Scene, run_scenario, skip_if_unavailable, topology};
+
+fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bool) {
+    if skip_if_unavailable(name) {
+        return;
+    }
+    let topo = topology(name);
+    let o = run_scenario(topo, 1);
+    eprintln!(
+        "{name}: {} via {} — first message {:?}, settled {:?}, rtt {:.2} ms",
+        o.path, o.remote, o.first_send, o.settled, o.rtt_ms
+    );
+    let expected = if topo.expect_direct {
+        "direct"
+    } else {
+        "relayed"
+    };
+    assert_eq!(o.path, expected, "{name}: {o:?}");
+    let d = &o.doctor;
+    assert_eq!(d["directory_reachable"], true, "{d}");
+    assert!(
+        d["relay_latency_ms"].as_f64().is_some(),
+        "relay latency: {d}"
+    );
+    assert_eq!(d["ipv6"], ipv6, "doctor ipv6: {d}");
+    if let Some(nat) = doctor_v4 {
+        assert_eq!(d["v4"]["nat"], nat, "doctor IPv4 NAT: {d}");
+    }
+    if let Some(nat) = doctor_v6 {
+        assert_eq!(d["v6"]["nat"], nat, "doctor IPv6 NAT: {d}");
+    }
+}
+
+#[test]
+fn netns_same_lan() {
+    matrix("same_lan", Some("endpoint_independent"), None, false);
+}
+
+#[test]
+fn netns_public_ipv6() {
+    matrix("public_ipv6", None, Some("none"), true);
+}
+
+#[test]
+fn netns_ipv6_only() {
+    matrix("ipv6_only", None, Some("none"), true);
+}
+
+#[test]
+fn netns_dual_stack() {
+    matrix("dual_stack", Some("none"), None, true);
+}
+
+#[test]
+fn netns_eim_nat_both() {
+    matrix("eim_nat_both", Some("endpoint_independent"), None, false);
+}
+
+#[test]
+fn netns_symmetric_nat_one() {
+    matrix("symmetric_nat_one", Some("symmetric"), None, false);
+}
+
+#[test]
+fn netns_symmetric_nat_both() {
+    matrix("symmetric_nat_both", Some("symmetric"), None, false);
+}
+
+#[test]
+fn netns_ipv6_firewall_both() {
+    matrix("ipv6_firewall_both", None, Some("none"), true);
+}
+
+/// Over the relay, bob's agent dies: the relay has nobody to forward to, alice's message is
+/// refused in bounded time, and when bob comes back nothing arrives — nothing was kept.
+#[test]
+fn netns_relay_keeps_nothing_for_a_peer_that_left() {
+    if skip_if_unavailable("netns_relay_keeps_nothing_for_a_peer_that_left") {
+        return;
+    }
+    let scene = Scene::start(topology("symmetric_nat_both"), &[]);
+    scene.alice.run(&["send", BOB, "while bob is here"]).ok();
+    scene.wait_path("relayed", Duration::from_secs(10));
+
+    scene.bob.kill9();
+    let r = scene.alice.run(&["send", BOB, "never kept anywhere"]);
+    assert!(
+        [10, 11, 15].contains(&r.code),
+        "expected a refusal (offline, unreachable or timeout), got {}: {} {}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
+
+    scene.bob.run(&["up", "--detach", "--no-portmapper"]).ok();
+    let mut w = scene.bob.watch();
+    w.expect_none("the refused message", Duration::from_secs(4), |e| {
+        e["body"] == "never kept anywhere"
+    });
+    // Bob is reachable again, over the relay, and gets new messages.
+    dialtone_testkit::wait_until(Duration::from_secs(15), "bob online again", || {
+        scene.alice.state_of(BOB).as_deref() == Some("online")
+    });
+    scene.alice.run(&["send", BOB, "after the return"]).ok();
+    w.expect("the new message", Duration::from_secs(10), |e| {
+        e["body"] == "after the return"
+    });
+}
+
+/// With `--direct-only`, a topology where only the relay can carry data refuses the message
+/// with an explanation instead of using the relay.
+#[test]
+fn netns_direct_only_refuses_a_relayed_path() {
+    if skip_if_unavailable("netns_direct_only_refuses_a_relayed_path") {
+        return;
+    }
+    let scene = Scene::start(topology("symmetric_nat_one"), &["--direct-only"]);
+    let st = scene.alice.run(&["status", "--json"]).ok().json();
+    assert_eq!(st["direct_only"], true, "{st}");
+    let r = scene.alice.run(&["send", BOB, "only if direct"]);
+    r.fails_with(11, "--direct-only");
+    assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+}
+
+/// LAN mode: two agents on one LAN that became contacts earlier find each other with mDNS
+/// and talk while the directory is down; Avahi (a different mDNS implementation, in the LAN's
+/// router) sees their service.
+#[test]
+fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
+    if skip_if_unavailable("netns_lan_mode_without_the_directory_and_avahi_sees_it") {
+        return;
+    }
+    let mut scene = Scene::start(topology("same_lan"), &[]);
+    // The directory goes away; both agents restart in LAN mode with nothing cached.
+    scene.directory.kill();
+    for p in [&scene.alice, &scene.bob] {
+        p.down();
+        p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
+    }
+    dialtone_testkit::wait_until(
+        Duration::from_secs(15),
+        "alice to see bob on the LAN",
+        || {
+            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
+            peers
+                .as_array()
+                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
+        },
+    );
+    let mut w = scene.bob.watch();
+    scene.alice.run(&["send", BOB, "no directory needed"]).ok();
+    w.expect("the LAN message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "no directory needed"
+    });
+    let conn = scene.wait_path("direct", Duration::from_secs(5));
+    assert!(
+        conn["remote_addr"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("10.0.1."),
+        "{conn}"
+    );
+
+    // Someone never pinned is not found and not sent to.
+    let r = scene.alice.run(&["send", "carol@example.com", "hello?"]);
+    assert_ne!(r.code, 0, "{r:?}");
+
+    // Avahi sees the agents' service, with the device id in its TXT record.
+    let router = scene.net.lan_router.clone().expect("same-LAN router");
+    let seen = dialtone_testkit::netns::avahi_browse(&router, "_dialtone._udp");
+    let bob_device = scene.bob.run(&["status", "--json"]).ok().json()["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with('=') && l.contains(&format!("d={bob_device}"))),
+        "avahi-browse did not resolve bob's service:\n{seen}"
+    );
+}
