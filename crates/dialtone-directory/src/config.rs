@@ -37,6 +37,36 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// SMS verification through an HTTP gateway. Default: none.
     pub sms: Option<SmsConfig>,
+    /// Key transparency: epoch timing.
+    pub transparency: TransparencyConfig,
+}
+
+/// `[transparency]`: how bindings are published in the key-transparency log.
+///
+/// The defaults are tuned for a small deployment and for tests: a binding is published at
+/// once when nothing was published in the last second, and bindings confirmed within one
+/// second of each other share an epoch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparencyConfig {
+    /// Shortest time between two epochs. Default 1 s. Longer makes fewer, larger epochs (less
+    /// audit work for clients) at the cost of a longer wait before a new binding can be looked
+    /// up.
+    #[serde(with = "humantime_serde")]
+    pub epoch_interval: Duration,
+    /// How long a lookup of a binding that is still waiting for its epoch waits before it
+    /// answers `not_published`. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub lookup_wait: Duration,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        Self {
+            epoch_interval: Duration::from_secs(1),
+            lookup_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How to reach the SMTP relay.
@@ -131,6 +161,7 @@ impl Default for Config {
             limits: Limits::default(),
             smtp: None,
             sms: None,
+            transparency: TransparencyConfig::default(),
         }
     }
 }
@@ -277,6 +308,7 @@ mod tests {
         let smtp = c.smtp.unwrap();
         assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::Starttls));
         assert!(c.sms.unwrap().body.unwrap().contains("{code}"));
+        assert_eq!(c.transparency.epoch_interval, Duration::from_secs(1));
     }
 
     #[test]

@@ -24,6 +24,9 @@
 pub mod channel;
 pub mod config;
 mod http;
+pub mod kt;
+#[cfg(feature = "malicious")]
+pub mod malicious;
 mod sessions;
 mod store;
 
@@ -71,6 +74,9 @@ pub enum BindError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The transparency log could not be opened.
+    #[error("cannot open the transparency log: {0}")]
+    Transparency(#[from] kt::KtError),
 }
 
 type Limiter<K> = Mutex<RateLimiter<K>>;
@@ -93,6 +99,7 @@ pub(crate) struct AppState {
     sessions: sessions::Sessions,
     limits: Limits,
     public_url: String,
+    kt: Arc<kt::Transparency>,
 }
 
 /// A running directory.
@@ -129,6 +136,12 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || store::Store::open(&dir))
             .await
             .map_err(|_| StoreError::Join)??;
+        let kt = kt::Transparency::open(
+            store.clone(),
+            &config.data_dir,
+            config.transparency.clone(),
+        )
+        .await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -163,10 +176,16 @@ impl Server {
             sessions: sessions::Sessions::default(),
             limits,
             public_url,
+            kt: kt.clone(),
         });
         let cancel = CancellationToken::new();
+        let publisher = tokio::spawn(kt.run(cancel.clone()));
         let router = http::router(state.clone());
-        let task = tokio::spawn(accept_loop(listener, router, tls, cancel.clone()));
+        let accept = tokio::spawn(accept_loop(listener, router, tls, cancel.clone()));
+        let task = tokio::spawn(async move {
+            let _ = accept.await;
+            let _ = publisher.await;
+        });
         info!(%url, "directory listening");
         Ok(Self {
             local_addr,
@@ -185,6 +204,21 @@ impl Server {
     /// The base URL (`http://127.0.0.1:PORT` or `https://…`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The latest signed checkpoint of the transparency log.
+    pub async fn checkpoint(
+        &self,
+    ) -> Result<dialtone_proto::transparency::Checkpoint, kt::KtError> {
+        self.state.kt.checkpoint().await
+    }
+
+    /// Publishes every queued binding now, as one epoch (tests and benchmarks; the server
+    /// also does it on its own every epoch interval).
+    pub async fn publish_now(
+        &self,
+    ) -> Result<Option<dialtone_proto::transparency::Checkpoint>, kt::KtError> {
+        self.state.kt.publish_pending().await
     }
 
     /// Number of open sessions (online devices).

@@ -89,7 +89,9 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("dialtone-directory: {e}");
                 return match e {
-                    BindError::Listen { .. } | BindError::Store(_) => ExitCode::from(1),
+                    BindError::Listen { .. } | BindError::Store(_) | BindError::Transparency(_) => {
+                        ExitCode::from(1)
+                    }
                     _ => ExitCode::from(2),
                 };
             }

@@ -594,6 +594,27 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                 contact: st.sessions.entry(&account, rel),
             })
         }
+        Request::KtCheckpoint => Ok(Reply::KtCheckpoint {
+            checkpoint: st.kt.checkpoint().await?,
+        }),
+        Request::KtLookup { identifier } => {
+            limit(ctx)?;
+            Ok(Reply::KtLookup {
+                lookup: st.kt.lookup(&identifier).await?,
+            })
+        }
+        Request::KtHistory { identifier } => {
+            limit(ctx)?;
+            Ok(Reply::KtHistory {
+                history: st.kt.history(&identifier).await?,
+            })
+        }
+        Request::KtAudit { from, to } => {
+            limit(ctx)?;
+            Ok(Reply::KtAudit {
+                audit: st.kt.audit(from, to).await?,
+            })
+        }
         Request::ContactRequest { to } => {
             limit(ctx)?;
             if to == me {

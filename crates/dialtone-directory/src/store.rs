@@ -1,5 +1,5 @@
-//! Durable state in SQLite: accounts, devices, pending verifications and contact
-//! authorizations. Never messages, never queued pushes.
+//! Durable state in SQLite: accounts, devices, pending verifications, contact
+//! authorizations and the key-transparency log (see `kt`). Never messages, never queued pushes.
 //!
 //! One connection behind a mutex, used from blocking threads (`Store::run`), in WAL mode.
 //! Schema versions are applied in order, each in a transaction, tracked by
@@ -45,6 +45,42 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (owner, peer)
     );
     CREATE INDEX contacts_by_peer ON contacts(peer);",
+    // 2: key transparency. akd's records (tree nodes and the AZKS root record, CBOR, keyed
+    // by akd's binary id), akd's value states (one row per label and epoch), the signed
+    // checkpoint log (append-only: triggers refuse UPDATE and DELETE), and the bindings
+    // waiting for the next epoch. Existing accounts are queued for the first epoch.
+    "CREATE TABLE akd_records (
+        id   BLOB PRIMARY KEY,
+        data BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE akd_values (
+        label      BLOB NOT NULL,
+        epoch      INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        value      BLOB NOT NULL,
+        node_label BLOB NOT NULL,
+        node_len   INTEGER NOT NULL,
+        PRIMARY KEY (label, epoch)
+    ) WITHOUT ROWID;
+    CREATE INDEX akd_values_by_version ON akd_values(label, version);
+    CREATE TABLE kt_checkpoints (
+        epoch        INTEGER PRIMARY KEY,
+        root_hash    BLOB NOT NULL,
+        previous     BLOB NOT NULL,
+        signature    BLOB NOT NULL,
+        published_at INTEGER NOT NULL
+    );
+    CREATE TRIGGER kt_checkpoints_no_update BEFORE UPDATE ON kt_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'the checkpoint log is append-only'); END;
+    CREATE TRIGGER kt_checkpoints_no_delete BEFORE DELETE ON kt_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'the checkpoint log is append-only'); END;
+    CREATE TABLE kt_pending (
+        identifier TEXT PRIMARY KEY,
+        value      BLOB NOT NULL,
+        queued_at  INTEGER NOT NULL
+    );
+    INSERT INTO kt_pending (identifier, value, queued_at)
+        SELECT identifier, X'01' || identity_key, updated_at FROM accounts;",
 ];
 
 /// Errors of the store.
@@ -323,6 +359,14 @@ pub(crate) mod q {
             "DELETE FROM pending_verifications WHERE identifier = ?1",
             [id.as_str()],
         )?;
+        if old.is_none() || replaced {
+            // The new binding goes into the transparency log at the next epoch.
+            tx.execute(
+                "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
+                params![id.as_str(), dialtone_proto::transparency::kt_value(key), now as i64],
+            )?;
+        }
         tx.commit()?;
         Ok((replaced, removed))
     }
