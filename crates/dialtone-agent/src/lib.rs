@@ -20,6 +20,7 @@
 pub mod api;
 pub mod dirclient;
 pub mod home;
+pub mod kt;
 mod peer;
 mod session;
 
@@ -68,6 +69,10 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     /// Serve the local API on `agent.sock` in the home. Default: on.
     pub serve_api: bool,
+    /// How often the agent checks its own identifier's key history in the transparency log
+    /// (it also checks at every login). Default: 30 s. Shorter finds a replaced key sooner at
+    /// the cost of one history proof per interval.
+    pub kt_monitor_interval: Duration,
 }
 
 impl AgentConfig {
@@ -81,6 +86,7 @@ impl AgentConfig {
             ack_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             serve_api: true,
+            kt_monitor_interval: Duration::from_secs(30),
         }
     }
 }
@@ -160,6 +166,16 @@ pub enum Event {
         new_fingerprint: String,
         /// Whether the pinned key had been verified (then this is a hard block).
         verified: bool,
+    },
+    /// A key-transparency check failed: the directory showed a key its log does not prove,
+    /// rolled its log back, forked it, showed a peer a different log (split view), or bound a
+    /// key that is not ours to our identifier. Shown loudly; what it concerned was refused.
+    Transparency {
+        /// `forged-key`, `bad-proof`, `rollback`, `fork`, `split-view`, `bad-signature` or
+        /// `own-key-replaced`.
+        kind: &'static str,
+        /// A sentence for a person, starting with "WARNING:".
+        message: String,
     },
     /// The directory session went up or down.
     Directory {
@@ -317,6 +333,7 @@ pub(crate) struct Inner {
     config: AgentConfig,
     cancel: CancellationToken,
     shutdown_requested: tokio::sync::Notify,
+    kt: kt::KtClient,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -391,6 +408,7 @@ impl Agent {
             config: config.clone(),
             cancel: cancel.clone(),
             shutdown_requested: tokio::sync::Notify::new(),
+            kt: kt::KtClient::new(home.kt_state()?.filter(|s| s.directory == directory)),
             home,
         });
         let mut tasks = Vec::new();
@@ -410,6 +428,10 @@ impl Agent {
         )));
         tasks.push(tokio::spawn(peer::accept_loop(inner.clone())));
         tasks.push(tokio::spawn(peer::reap_idle(inner.clone())));
+        tasks.push(tokio::spawn(kt::monitor_loop(
+            inner.clone(),
+            config.kt_monitor_interval,
+        )));
         info!(device = %inner.cert.device_id.short(), "agent started");
         Ok(Self { inner, tasks })
     }
@@ -757,10 +779,23 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// Checks `key` against the transparency log before it is pinned.
+    async fn prove(&self, who: &Identifier, key: &IdentityKey) -> Result<(), SendError> {
+        match kt::ensure(&self.inner, who, key).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.is_attack() => Err(SendError::Refused {
+                refusal: Refusal::DirectoryUntrusted,
+                message: format!("WARNING: {f}. The key was not trusted."),
+            }),
+            Err(f) => Err(SendError::Invalid(f.to_string())),
+        }
+    }
+
     /// Accepts a contact's new identity key after a key change (re-pins it). Refused for a
     /// contact whose key was verified: they must be verified again ([`AgentHandle::verify`]).
     pub async fn trust(&self, who: Identifier) -> Result<String, SendError> {
         let contact = self.lookup(who.clone()).await?;
+        self.prove(&who, &contact.identity_key).await?;
         let mut st = self.inner.lock();
         if let Some(pin) = st.pins.get(&who)
             && pin.verified
@@ -790,6 +825,9 @@ impl AgentHandle {
     /// them now; with `confirm`, pins that key as verified.
     pub async fn verify(&self, who: Identifier, confirm: bool) -> Result<SafetyView, SendError> {
         let contact = self.lookup(who.clone()).await?;
+        if confirm {
+            self.prove(&who, &contact.identity_key).await?;
+        }
         let number = dialtone_proto::safety::SafetyNumber::new(
             (&self.inner.identifier, &self.inner.identity_key),
             (&who, &contact.identity_key),

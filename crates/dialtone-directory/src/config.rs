@@ -39,6 +39,10 @@ pub struct Config {
     pub sms: Option<SmsConfig>,
     /// Key transparency: epoch timing.
     pub transparency: TransparencyConfig,
+    /// The lie this directory tells (malicious test build only; never from a file).
+    #[cfg(feature = "malicious")]
+    #[serde(skip)]
+    pub lie: Option<crate::malicious::Lie>,
 }
 
 /// `[transparency]`: how bindings are published in the key-transparency log.
@@ -55,7 +59,7 @@ pub struct TransparencyConfig {
     #[serde(with = "humantime_serde")]
     pub epoch_interval: Duration,
     /// How long a lookup of a binding that is still waiting for its epoch waits before it
-    /// answers `not_published`. Default 10 s.
+    /// answers `not_published`. Default 5 s (the agent gives up on a session request after 10 s).
     #[serde(with = "humantime_serde")]
     pub lookup_wait: Duration,
 }
@@ -64,7 +68,7 @@ impl Default for TransparencyConfig {
     fn default() -> Self {
         Self {
             epoch_interval: Duration::from_secs(1),
-            lookup_wait: Duration::from_secs(10),
+            lookup_wait: Duration::from_secs(5),
         }
     }
 }
@@ -162,6 +166,8 @@ impl Default for Config {
             smtp: None,
             sms: None,
             transparency: TransparencyConfig::default(),
+            #[cfg(feature = "malicious")]
+            lie: None,
         }
     }
 }

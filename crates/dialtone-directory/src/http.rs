@@ -164,7 +164,9 @@ pub(crate) fn now_secs() -> u64 {
 
 /// The routes.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    #[cfg(feature = "malicious")]
+    let lying = state.config.lie.is_some();
+    let r = Router::new()
         .route("/v1/register/start", post(register_start))
         .route("/v1/register/confirm", post(register_confirm))
         .route("/v1/session/challenge", post(challenge))
@@ -174,8 +176,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
         .route("/v1/kt/history/{identifier}", get(kt_history))
-        .route("/v1/kt/audit", get(kt_audit))
-        .route("/.well-known/webfinger", get(webfinger))
+        .route("/v1/kt/audit", get(kt_audit));
+    #[cfg(feature = "malicious")]
+    let r = if lying {
+        r.route("/v1/malicious/lie", post(set_lie))
+    } else {
+        r
+    };
+    r.route("/.well-known/webfinger", get(webfinger))
         .route("/v1/info", get(info_route))
         .route(
             "/v1/health",
@@ -554,7 +562,7 @@ async fn kt_checkpoint(
         ip_of(&addr),
         "requests from your address",
     )?;
-    Ok(Json(st.kt.checkpoint().await?))
+    Ok(Json(st.kt.checkpoint(None).await?))
 }
 
 async fn kt_lookup(
@@ -568,7 +576,7 @@ async fn kt_lookup(
         "requests from your address",
     )?;
     let id = parse_identifier(&raw)?;
-    Ok(Json(st.kt.lookup(&id).await?))
+    Ok(Json(st.kt.lookup(&id, None).await?))
 }
 
 async fn kt_history(
@@ -582,7 +590,17 @@ async fn kt_history(
         "requests from your address",
     )?;
     let id = parse_identifier(&raw)?;
-    Ok(Json(st.kt.history(&id).await?))
+    Ok(Json(st.kt.history(&id, None).await?))
+}
+
+/// Changes the lie (malicious test build, and only when started lying).
+#[cfg(feature = "malicious")]
+async fn set_lie(
+    State(st): State<Arc<AppState>>,
+    Body(lie): Body<crate::malicious::Lie>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::malicious::apply(&st.kt, lie).await?;
+    Ok(Json(serde_json::json!({"status": "lying"})))
 }
 
 #[derive(Deserialize)]
@@ -608,7 +626,7 @@ async fn kt_audit(
             "give the epochs as ?from=A&to=B (non-negative integers)",
         ));
     };
-    Ok(Json(st.kt.audit(q.from, q.to).await?))
+    Ok(Json(st.kt.audit(q.from, q.to, None).await?))
 }
 
 #[derive(Deserialize)]

@@ -140,6 +140,8 @@ impl Server {
             store.clone(),
             &config.data_dir,
             config.transparency.clone(),
+            #[cfg(feature = "malicious")]
+            config.lie.clone(),
         )
         .await?;
         let listener =
@@ -210,7 +212,7 @@ impl Server {
     pub async fn checkpoint(
         &self,
     ) -> Result<dialtone_proto::transparency::Checkpoint, kt::KtError> {
-        self.state.kt.checkpoint().await
+        self.state.kt.checkpoint(None).await
     }
 
     /// Publishes every queued binding now, as one epoch (tests and benchmarks; the server

@@ -10,12 +10,13 @@ use clap::Parser;
 use dialtone_directory::{BindError, Config, Server, config::TlsConfig};
 
 #[derive(Parser, Debug)]
+#[allow(unreachable_pub)]
 #[command(
     name = "dialtone-directory",
     version,
     about = "Dialtone's directory: identities, presence, contacts"
 )]
-struct Args {
+pub struct Args {
     /// TOML configuration file (see config.example.toml); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -39,8 +40,14 @@ struct Args {
     insecure_http: bool,
 }
 
+#[allow(dead_code)]
 fn main() -> ExitCode {
-    let args = Args::parse();
+    run(Args::parse(), None)
+}
+
+/// Runs the directory; `lie` is set only by the malicious test binary.
+#[allow(unreachable_pub)]
+pub fn run(args: Args, lie: Option<String>) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dialtone=info"));
@@ -75,6 +82,18 @@ fn main() -> ExitCode {
         config.tls = Some(TlsConfig { cert, key });
     }
     config.insecure_http |= args.insecure_http;
+    #[cfg(feature = "malicious")]
+    if let Some(l) = lie {
+        match l.parse::<dialtone_directory::malicious::Lie>() {
+            Ok(l) => config.lie = Some(l),
+            Err(e) => {
+                eprintln!("dialtone-directory: --lie {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    #[cfg(not(feature = "malicious"))]
+    let _ = lie;
 
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -136,10 +136,7 @@ async fn bindings_are_published_signed_and_provable() {
         // Audit from the empty epoch to the latest: a signed hash chain and an append-only
         // proof that verifies against the roots.
         let latest: Checkpoint = get(&format!("{base}/v1/kt/checkpoint"));
-        let a: KtAudit = get(&format!(
-            "{base}/v1/kt/audit?from=1&to={}",
-            latest.epoch
-        ));
+        let a: KtAudit = get(&format!("{base}/v1/kt/audit?from=1&to={}", latest.epoch));
         assert_eq!(a.checkpoints.len() as u64, latest.epoch);
         for w in a.checkpoints.windows(2) {
             w[1].verify(&keys.signing_key).unwrap();
@@ -148,7 +145,9 @@ async fn bindings_are_published_signed_and_provable() {
         assert_eq!(a.checkpoints.last(), Some(&latest));
         let hashes = a.checkpoints.iter().map(|c| c.root_hash.0).collect();
         let proof = serde_json::from_value(a.proof.clone()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
             .unwrap();
         // The same proof against a swapped root fails.

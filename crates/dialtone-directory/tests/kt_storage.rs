@@ -1,9 +1,7 @@
 //! akd's storage on the directory's SQLite file: akd's own conformance suite, then a real
 //! akd directory on the file — publish, prove, verify, close, reopen, and prove again.
 
-use akd::{
-    AkdLabel, AkdValue, HistoryParams, HistoryVerificationParams, storage::StorageManager,
-};
+use akd::{AkdLabel, AkdValue, HistoryParams, HistoryVerificationParams, storage::StorageManager};
 use dialtone_directory::kt::{FileVrf, KtConfiguration, SqliteAkd};
 
 #[tokio::test]
@@ -46,7 +44,10 @@ async fn a_directory_on_sqlite_survives_a_restart_and_its_proofs_verify() {
     let d = open(dir.path()).await;
     let eh = d.get_epoch_hash().await.unwrap();
     assert_eq!(eh, root1, "the tree after a reopen is the tree before it");
-    assert_eq!(d.get_public_key().await.unwrap().as_bytes(), vrf_pk.as_bytes());
+    assert_eq!(
+        d.get_public_key().await.unwrap().as_bytes(),
+        vrf_pk.as_bytes()
+    );
     let (proof, eh) = d.lookup(alice.clone()).await.unwrap();
     let r = akd::verify::lookup_verify::<KtConfiguration>(
         vrf_pk.as_bytes(),
@@ -81,7 +82,10 @@ async fn a_directory_on_sqlite_survives_a_restart_and_its_proofs_verify() {
         )
         .is_err()
     );
-    let (hist, eh) = d.key_history(&alice, HistoryParams::Complete).await.unwrap();
+    let (hist, eh) = d
+        .key_history(&alice, HistoryParams::Complete)
+        .await
+        .unwrap();
     let results = akd::verify::key_history_verify::<KtConfiguration>(
         vrf_pk.as_bytes(),
         eh.hash(),

@@ -56,7 +56,8 @@ impl Hash32 {
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| KeyError::Encoding { expected: 32 })?;
+        hex::decode_to_slice(s.trim(), &mut out)
+            .map_err(|_| KeyError::Encoding { expected: 32 })?;
         Ok(Self(out))
     }
 }

@@ -52,6 +52,7 @@ pub struct Directory {
     pub outbox: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    binary: &'static str,
 }
 
 impl Directory {
@@ -62,11 +63,22 @@ impl Directory {
 
     /// Starts a directory with extra command-line arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_binary("dialtone-directory", extra)
+    }
+
+    /// Starts `dialtone-directory-malicious` (built with `cargo build -p dialtone-directory
+    /// --features malicious --bin dialtone-directory-malicious`) telling `lie`
+    /// (e.g. `rollback`, `forged-key:bob@example.com`).
+    pub fn start_lying(lie: &str) -> Self {
+        Self::start_binary("dialtone-directory-malicious", &["--lie", lie])
+    }
+
+    fn start_binary(binary: &'static str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let outbox = tmp.path().join("outbox");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn_directory("127.0.0.1:0", &data, &outbox, &extra);
+        let (child, url) = spawn_directory(binary, "127.0.0.1:0", &data, &outbox, &extra);
         let addr = url.split("://").nth(1).unwrap().to_owned();
         Self {
             child: Some(child),
@@ -76,7 +88,27 @@ impl Directory {
             outbox,
             _tmp: Some(tmp),
             extra,
+            binary,
         }
+    }
+
+    /// Changes the lie of a lying directory (`POST /v1/malicious/lie` with this JSON).
+    pub fn set_lie(&self, lie: Value) {
+        use std::io::{Read, Write};
+        let body = lie.to_string();
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /v1/malicious/lie HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.addr,
+            body.len(),
+            body
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "set_lie: {answer}");
     }
 
     /// The code last sent to `identifier`.
@@ -108,7 +140,13 @@ impl Directory {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may take a moment to be free again.
-            match try_spawn_directory(&self.addr, &self.data, &self.outbox, &self.extra) {
+            match try_spawn_directory(
+                self.binary,
+                &self.addr,
+                &self.data,
+                &self.outbox,
+                &self.extra,
+            ) {
                 Ok((child, url)) => {
                     assert_eq!(url, self.url);
                     self.child = Some(child);
@@ -133,17 +171,25 @@ impl Drop for Directory {
     }
 }
 
-fn spawn_directory(listen: &str, data: &Path, outbox: &Path, extra: &[String]) -> (Child, String) {
-    try_spawn_directory(listen, data, outbox, extra).unwrap_or_else(|e| panic!("directory: {e}"))
+fn spawn_directory(
+    binary: &str,
+    listen: &str,
+    data: &Path,
+    outbox: &Path,
+    extra: &[String],
+) -> (Child, String) {
+    try_spawn_directory(binary, listen, data, outbox, extra)
+        .unwrap_or_else(|e| panic!("directory: {e}"))
 }
 
 fn try_spawn_directory(
+    binary: &str,
     listen: &str,
     data: &Path,
     outbox: &Path,
     extra: &[String],
 ) -> Result<(Child, String), String> {
-    let mut child = Command::new(bin("dialtone-directory"))
+    let mut child = Command::new(bin(binary))
         .args(["--listen", listen])
         .arg("--data")
         .arg(data)
@@ -324,7 +370,12 @@ impl Person {
 
     /// Starts the agent in the background on loopback.
     pub fn up(&self) {
-        self.run(&[
+        self.up_with(&[]);
+    }
+
+    /// Starts the agent in the background on loopback, with extra `up` arguments.
+    pub fn up_with(&self, extra: &[&str]) {
+        let mut args = vec![
             "up",
             "--detach",
             "--bind",
@@ -332,8 +383,9 @@ impl Person {
             "--bind",
             "[::1]:0",
             "--no-portmapper",
-        ])
-        .ok();
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args).ok();
     }
 
     /// The agent's pid (from `agent.pid`).

@@ -197,8 +197,9 @@ pub(crate) mod q {
     }
 
     pub(crate) fn pending(c: &Connection) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
-        let mut st =
-            c.prepare_cached("SELECT identifier, value, queued_at FROM kt_pending ORDER BY queued_at")?;
+        let mut st = c.prepare_cached(
+            "SELECT identifier, value, queued_at FROM kt_pending ORDER BY queued_at",
+        )?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -225,18 +226,21 @@ impl Transparency {
         store: Store,
         data_dir: &Path,
         config: TransparencyConfig,
+        #[cfg(feature = "malicious")] lie: Option<crate::malicious::Lie>,
     ) -> Result<Arc<Self>, KtError> {
         let vrf_secret = vrf::load_or_create_secret(&data_dir.join("kt-vrf.key"))?;
         let sign_secret = vrf::load_or_create_secret(&data_dir.join("kt-signing.key"))?;
         let signer = SigningKey::from_bytes(&sign_secret);
         let vrf = FileVrf::new(vrf_secret);
+        #[cfg(feature = "malicious")]
+        let lie = crate::malicious::LieState::new(lie, &vrf).await?;
         let manager = StorageManager::new(
             SqliteAkd::new(store.clone()),
             Some(Duration::from_secs(300)),
             Some(256 * 1024 * 1024),
             Some(Duration::from_secs(60)),
         );
-        let akd = Akd::new(manager, vrf.clone(), Default::default()).await?;
+        let akd = Akd::new(manager, vrf, Default::default()).await?;
         let vrf_public = akd.get_public_key().await?;
         let vrf_bytes: [u8; 32] = *vrf_public.as_bytes();
         let keys = KtKeys {
@@ -254,9 +258,11 @@ impl Transparency {
             epoch: watch::Sender::new(0),
             config,
             #[cfg(feature = "malicious")]
-            lie: Default::default(),
+            lie,
         };
         let cp = this.ensure_checkpoint().await?;
+        #[cfg(feature = "malicious")]
+        this.lie.start(&cp).await;
         this.epoch.send_replace(cp.epoch);
         info!(epoch = cp.epoch, "transparency log open");
         Ok(Arc::new(this))
@@ -296,9 +302,18 @@ impl Transparency {
         self.wake.notify_one();
     }
 
-    /// The latest signed checkpoint.
-    pub(crate) async fn checkpoint(&self) -> Result<Checkpoint, KtError> {
+    /// The latest signed checkpoint. `viewer` is the session's account (None over HTTP); the
+    /// honest directory shows everyone the same log.
+    pub(crate) async fn checkpoint(
+        &self,
+        viewer: Option<&Identifier>,
+    ) -> Result<Checkpoint, KtError> {
         let _r = self.rw.read().await;
+        #[cfg(feature = "malicious")]
+        if let Some(cp) = crate::malicious::checkpoint(self, viewer).await? {
+            return Ok(cp);
+        }
+        let _ = viewer;
         self.store
             .run(|c| q::latest(c))
             .await?
@@ -330,9 +345,18 @@ impl Transparency {
     }
 
     /// A lookup proof for `id`, with the checkpoint of its epoch.
-    pub(crate) async fn lookup(&self, id: &Identifier) -> Result<KtLookup, KtError> {
+    pub(crate) async fn lookup(
+        &self,
+        id: &Identifier,
+        viewer: Option<&Identifier>,
+    ) -> Result<KtLookup, KtError> {
         self.wait_published(id).await?;
         let _r = self.rw.read().await;
+        #[cfg(feature = "malicious")]
+        if let Some(l) = crate::malicious::lookup(self, id, viewer).await? {
+            return Ok(l);
+        }
+        let _ = viewer;
         let label = AkdLabel::from(id.as_str());
         let (proof, eh) = match self.akd.lookup(label).await {
             Ok(x) => x,
@@ -349,9 +373,18 @@ impl Transparency {
     }
 
     /// The complete key history of `id`, with the checkpoint of its epoch.
-    pub(crate) async fn history(&self, id: &Identifier) -> Result<KtHistory, KtError> {
+    pub(crate) async fn history(
+        &self,
+        id: &Identifier,
+        viewer: Option<&Identifier>,
+    ) -> Result<KtHistory, KtError> {
         self.wait_published(id).await?;
         let _r = self.rw.read().await;
+        #[cfg(feature = "malicious")]
+        if let Some(h) = crate::malicious::history(self, id, viewer).await? {
+            return Ok(h);
+        }
+        let _ = viewer;
         let label = AkdLabel::from(id.as_str());
         let (proof, eh) = match self.akd.key_history(&label, HistoryParams::Complete).await {
             Ok(x) => x,
@@ -368,8 +401,18 @@ impl Transparency {
     }
 
     /// Checkpoints `from..=to` and the append-only proof between the two epochs.
-    pub(crate) async fn audit(&self, from: u64, to: u64) -> Result<KtAudit, KtError> {
+    pub(crate) async fn audit(
+        &self,
+        from: u64,
+        to: u64,
+        viewer: Option<&Identifier>,
+    ) -> Result<KtAudit, KtError> {
         let _r = self.rw.read().await;
+        #[cfg(feature = "malicious")]
+        if let Some(a) = crate::malicious::audit(self, from, to, viewer).await? {
+            return Ok(a);
+        }
+        let _ = viewer;
         let latest = *self.epoch.borrow();
         if from > to || to > latest {
             return Err(KtError::BadRange(format!(
@@ -403,6 +446,8 @@ impl Transparency {
             .iter()
             .map(|(id, v, _)| (AkdLabel::from(id.as_str()), AkdValue(v.clone())))
             .collect();
+        #[cfg(feature = "malicious")]
+        let mirrored = updates.clone();
         let eh = self.akd.publish(updates).await?;
         let prev = self.store.run(|c| q::latest(c)).await?;
         let previous = prev.map(|p| p.hash()).unwrap_or_default();
@@ -424,11 +469,15 @@ impl Transparency {
                 Ok(())
             })
             .await?;
+        #[cfg(feature = "malicious")]
+        crate::malicious::after_publish(self, mirrored).await?;
         drop(_w);
         self.epoch.send_replace(cp.epoch);
-        info!(epoch = cp.epoch, bindings = n, "transparency epoch published");
-        #[cfg(feature = "malicious")]
-        crate::malicious::after_publish(self, &cp).await;
+        info!(
+            epoch = cp.epoch,
+            bindings = n,
+            "transparency epoch published"
+        );
         Ok(Some(cp))
     }
 
@@ -478,5 +527,20 @@ impl Transparency {
     #[cfg(feature = "malicious")]
     pub(crate) fn akd(&self) -> &Akd {
         &self.akd
+    }
+
+    /// The latest checkpoint, without the lock (the caller holds it).
+    #[cfg(feature = "malicious")]
+    pub(crate) async fn latest_unlocked(&self) -> Result<Checkpoint, KtError> {
+        self.store
+            .run(|c| q::latest(c))
+            .await?
+            .ok_or_else(|| KtError::Akd("no checkpoint".into()))
+    }
+
+    /// The checkpoint of an epoch, without the lock.
+    #[cfg(feature = "malicious")]
+    pub(crate) async fn at_unlocked(&self, epoch: u64) -> Result<Checkpoint, KtError> {
+        self.checkpoint_at(epoch).await
     }
 }

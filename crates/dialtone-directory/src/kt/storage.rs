@@ -45,7 +45,8 @@ fn encode(record: &DbRecord) -> Result<Vec<u8>, StorageError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<DbRecord, StorageError> {
-    ciborium::from_reader(bytes).map_err(|e| StorageError::Other(format!("damaged akd record: {e}")))
+    ciborium::from_reader(bytes)
+        .map_err(|e| StorageError::Other(format!("damaged akd record: {e}")))
 }
 
 const VALUE_COLUMNS: &str = "label, epoch, version, value, node_label, node_len";

@@ -106,7 +106,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         let a = load_or_create_secret(&p).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let b = load_or_create_secret(&p).unwrap();
         assert_eq!(*a, *b);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
