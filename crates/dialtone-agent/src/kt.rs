@@ -21,6 +21,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -33,6 +34,7 @@ use dialtone_proto::{
         AKD_DOMAIN_LABEL, Checkpoint, Hash32, KtAudit, KtKeys, MAX_AUDIT_EPOCHS, kt_value_key,
     },
 };
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -195,6 +197,14 @@ async fn ask(inner: &Inner, req: Request) -> Result<Reply, KtFailure> {
     Ok(inner.session.request(req).await?)
 }
 
+/// Runs a synchronous akd verifier; a panic on malformed input counts as a failed proof.
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("malformed proof".into()),
+    }
+}
+
 /// Raises the alarm for an attack (once per distinct failure) and passes the failure on.
 pub(crate) fn alarm(inner: &Inner, f: KtFailure) -> KtFailure {
     if f.is_attack() && lock(&inner.kt.alarmed).insert(f.to_string()) {
@@ -266,12 +276,18 @@ async fn check_audit(
             reason: e.to_string(),
         })?;
         let hashes = cps.iter().map(|c| c.root_hash.0).collect();
-        akd::auditor::audit_verify::<KtConfiguration>(hashes, proof)
-            .await
-            .map_err(|e| KtFailure::BadProof {
-                what: "append-only",
-                reason: e.to_string(),
-            })?;
+        // A proof is the directory's input: a verifier panic on malformed input is a failed
+        // proof, never a dead agent.
+        let verified =
+            AssertUnwindSafe(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
+                .catch_unwind()
+                .await
+                .map_err(|_| "malformed proof".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        verified.map_err(|reason| KtFailure::BadProof {
+            what: "append-only",
+            reason,
+        })?;
     }
     Ok(cps)
 }
@@ -376,14 +392,16 @@ pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey,
         reason,
     };
     let proof = serde_json::from_value(lookup.proof).map_err(|e| bad(e.to_string()))?;
-    let r = akd::verify::lookup_verify::<KtConfiguration>(
-        &st.keys.vrf_public_key.0,
-        lookup.checkpoint.root_hash.0,
-        lookup.checkpoint.epoch,
-        AkdLabel::from(id.as_str()),
-        proof,
-    )
-    .map_err(|e| bad(e.to_string()))?;
+    let r = guarded(|| {
+        akd::verify::lookup_verify::<KtConfiguration>(
+            &st.keys.vrf_public_key.0,
+            lookup.checkpoint.root_hash.0,
+            lookup.checkpoint.epoch,
+            AkdLabel::from(id.as_str()),
+            proof,
+        )
+    })
+    .map_err(bad)?;
     let key = kt_value_key(&r.value.0).ok_or_else(|| bad("not an identity key".into()))?;
     lock(&inner.kt.proven).insert(id.clone(), key);
     Ok(key)
@@ -519,15 +537,17 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         reason,
     };
     let proof = serde_json::from_value(history.proof).map_err(|e| bad(e.to_string()))?;
-    let results = akd::verify::key_history_verify::<KtConfiguration>(
-        &st.keys.vrf_public_key.0,
-        history.checkpoint.root_hash.0,
-        history.checkpoint.epoch,
-        AkdLabel::from(me.as_str()),
-        proof,
-        HistoryVerificationParams::default(),
-    )
-    .map_err(|e| alarm(inner, bad(e.to_string())))?;
+    let results = guarded(|| {
+        akd::verify::key_history_verify::<KtConfiguration>(
+            &st.keys.vrf_public_key.0,
+            history.checkpoint.root_hash.0,
+            history.checkpoint.epoch,
+            AkdLabel::from(me.as_str()),
+            proof,
+            HistoryVerificationParams::default(),
+        )
+    })
+    .map_err(|e| alarm(inner, bad(e)))?;
     drop(guard);
     // Newest first. Versions before our own key's newest version are from before we
     // registered (the registration said it replaced them); every later one is foreign.
@@ -577,5 +597,81 @@ pub(crate) async fn monitor_loop(inner: Arc<Inner>, interval: Duration) {
             r = connected.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialtone_proto::transparency::Checkpoint;
+    use ed25519_dalek::SigningKey;
+
+    fn keys(signer: &SigningKey) -> KtKeys {
+        KtKeys {
+            signing_key: IdentityKey::from_signing_key(signer),
+            vrf_public_key: Hash32([0; 32]),
+            configuration: "akd-experimental/dialtone-kt/v1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn audits_that_do_not_extend_the_held_checkpoint_are_refused() {
+        let dir = SigningKey::from_bytes(&[1; 32]);
+        let k = keys(&dir);
+        let c0 = Checkpoint::sign(&dir, 0, Hash32([0; 32]), Hash32::default());
+        let c1 = Checkpoint::sign(&dir, 1, Hash32([1; 32]), c0.hash());
+        // Starts elsewhere: a fork.
+        let other0 = Checkpoint::sign(&dir, 0, Hash32([9; 32]), Hash32::default());
+        let a = KtAudit {
+            checkpoints: vec![other0, c1],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::Fork { .. })
+        ));
+        // A link signed by someone else.
+        let mallory = SigningKey::from_bytes(&[2; 32]);
+        let forged = Checkpoint::sign(&mallory, 1, Hash32([1; 32]), c0.hash());
+        let a = KtAudit {
+            checkpoints: vec![c0, forged],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::BadSignature)
+        ));
+        // A link that does not name its predecessor.
+        let unchained = Checkpoint::sign(&dir, 1, Hash32([1; 32]), Hash32([7; 32]));
+        let a = KtAudit {
+            checkpoints: vec![c0, unchained],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::Fork { epoch: 1 })
+        ));
+        // A good chain with garbage or empty proofs: a failed proof, never a panic.
+        for proof in [
+            serde_json::Value::Null,
+            serde_json::json!({"epochs": [], "proofs": []}),
+            serde_json::json!({"epochs": [0], "proofs": [{"inserted": [], "unchanged_nodes": []}]}),
+            serde_json::json!("garbage"),
+        ] {
+            let a = KtAudit {
+                checkpoints: vec![c0, c1],
+                proof,
+            };
+            assert!(matches!(
+                check_audit(&k, &c0, a).await,
+                Err(KtFailure::BadProof { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn verifier_panics_are_failed_proofs() {
+        let r: Result<(), String> = guarded(|| -> Result<(), String> { panic!("bad input") });
+        assert_eq!(r, Err("malformed proof".into()));
     }
 }
