@@ -369,16 +369,15 @@ async fn accept(inner: &Inner, st: &mut KtState, cp: Checkpoint) -> Result<(), K
 pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey, KtFailure> {
     let mut guard = inner.kt.state.lock().await;
     let st = state(inner, &mut guard).await?;
-    let lookup = match ask(
+    let Reply::KtLookup { lookup } = ask(
         inner,
         Request::KtLookup {
             identifier: id.clone(),
         },
     )
     .await?
-    {
-        Reply::KtLookup { lookup } => lookup,
-        _ => return Err(KtFailure::Unavailable("unexpected answer".into())),
+    else {
+        return Err(KtFailure::Unavailable("unexpected answer".into()));
     };
     if lookup.identifier != *id {
         return Err(KtFailure::BadProof {

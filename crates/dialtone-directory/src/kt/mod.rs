@@ -125,11 +125,14 @@ impl std::fmt::Debug for Transparency {
     }
 }
 
-fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> {
+/// A checkpoint row: epoch, root, previous, signature.
+type CheckpointRow = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-fn to_checkpoint(row: (i64, Vec<u8>, Vec<u8>, Vec<u8>)) -> Result<Checkpoint, StoreError> {
+fn to_checkpoint(row: CheckpointRow) -> Result<Checkpoint, StoreError> {
     let (epoch, root, prev, sig) = row;
     let arr32 = |v: Vec<u8>| -> Result<[u8; 32], StoreError> {
         v.try_into()
