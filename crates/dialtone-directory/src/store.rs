@@ -80,7 +80,7 @@ const MIGRATIONS: &[&str] = &[
         queued_at  INTEGER NOT NULL
     );
     INSERT INTO kt_pending (identifier, value, queued_at)
-        SELECT identifier, X'01' || identity_key, updated_at FROM accounts;",
+        SELECT identifier, CAST(X'01' || identity_key AS BLOB), updated_at FROM accounts;",
 ];
 
 /// Errors of the store.
@@ -453,6 +453,49 @@ pub(crate) mod q {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory that ran before key transparency: its accounts are queued for the first
+    /// epoch by the migration, so that they are provable after the upgrade.
+    #[test]
+    fn upgrade_queues_existing_accounts_for_the_transparency_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("directory.sqlite3")).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO accounts VALUES ('alice@example.com', ?1, 1, 2)",
+                [&[7u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let rows: Vec<(String, Vec<u8>)> = {
+            let c = s.lock();
+            let mut st = c
+                .prepare("SELECT identifier, value FROM kt_pending")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let mut want = vec![1u8];
+        want.extend_from_slice(&[7u8; 32]);
+        assert_eq!(rows, vec![("alice@example.com".to_owned(), want)]);
+        // The checkpoint log refuses to be rewritten.
+        let c = s.lock();
+        c.execute(
+            "INSERT INTO kt_checkpoints VALUES (0, x'00', x'00', x'00', 0)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            c.execute("UPDATE kt_checkpoints SET root_hash = x'01'", [])
+                .is_err()
+        );
+        assert!(c.execute("DELETE FROM kt_checkpoints", []).is_err());
+    }
 
     #[test]
     fn migrations_apply_once() {
