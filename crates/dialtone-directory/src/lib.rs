@@ -5,6 +5,10 @@
 //! accepted contacts — and only them — who is online and at which addresses, relays contact
 //! requests live, and answers public key lookups (`/v1/lookup`, WebFinger).
 //!
+//! It is not trusted for keys: every binding goes into a key-transparency log ([`kt`]: Meta's
+//! `akd` on the same SQLite file, epochs signed into an append-only checkpoint log) whose
+//! proofs clients verify (`/v1/kt/…` and the session's `kt_*` operations).
+//!
 //! It is **not** a message store: it never sees message content, and nothing it pushes is
 //! kept for a device that is not connected.
 //!
