@@ -455,10 +455,8 @@ pub(crate) async fn compare_with_peer(
     theirs: &Checkpoint,
 ) -> Result<(), KtFailure> {
     let mut guard = inner.kt.state.lock().await;
-    let Some(st) = guard.as_mut() else {
-        // Nothing pinned yet: nothing to compare with.
-        return Ok(());
-    };
+    // Nothing pinned yet: pin the log now, so that there is something to compare with.
+    let st = state(inner, &mut guard).await?;
     if theirs.verify(&st.keys.signing_key).is_err() {
         // Another directory, or a forged checkpoint: not comparable; say so.
         return Err(alarm(
