@@ -159,6 +159,14 @@ async fn bindings_are_published_signed_and_provable() {
                 .is_err()
         );
 
+        // From the empty epoch too (what a client that pinned a new directory asks for).
+        let a0: KtAudit = get(&format!("{base}/v1/kt/audit?from=0&to={}", latest.epoch));
+        assert_eq!(a0.checkpoints.first(), Some(&c0));
+        let hashes = a0.checkpoints.iter().map(|c| c.root_hash.0).collect();
+        let proof = serde_json::from_value(a0.proof).unwrap();
+        rt.block_on(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
+            .unwrap();
+
         // Bad requests: typed errors.
         for (url, status, code) in [
             ("/v1/kt/lookup/nobody@example.com", 404, "not_found"),
