@@ -114,6 +114,11 @@ pub struct Pin {
     /// block until they verify again; `trust` is not enough.
     #[serde(default)]
     pub verified: bool,
+    /// Whether the directory's transparency log proved this key for the identifier (a key
+    /// pinned when a contact was accepted is proven at its first use). Only a proven pin is
+    /// used while the directory cannot be asked.
+    #[serde(default)]
+    pub proven: bool,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -423,9 +423,14 @@ pub(crate) async fn ensure(
     let proven = match prove(inner, id).await {
         Ok(k) => k,
         Err(KtFailure::Unavailable(m)) => {
-            // The directory cannot be asked. A pinned key was proven when it was pinned, so
-            // it may be used; anything else waits for the directory.
-            let pinned = inner.lock().pins.get(id).map(|p| p.identity_key);
+            // The directory cannot be asked. A pin that the log proved may be used; anything
+            // else waits for the directory.
+            let pinned = inner
+                .lock()
+                .pins
+                .get(id)
+                .filter(|p| p.proven)
+                .map(|p| p.identity_key);
             if pinned == Some(*claimed) {
                 debug!(peer = %id, "directory unavailable; using the pinned (proven) key");
                 return Ok(());
@@ -434,6 +439,19 @@ pub(crate) async fn ensure(
         }
         Err(f) => return Err(alarm(inner, f)),
     };
+    if proven == *claimed {
+        // A pin made on acceptance is now proven too.
+        let mut st = inner.lock();
+        if let Some(pin) = st.pins.get_mut(id)
+            && pin.identity_key == proven
+            && !pin.proven
+        {
+            pin.proven = true;
+            if let Err(e) = inner.home.save_pins(&st.pins) {
+                warn!("cannot save pinned keys: {e}");
+            }
+        }
+    }
     if proven != *claimed {
         return Err(alarm(
             inner,

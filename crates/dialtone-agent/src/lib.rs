@@ -565,6 +565,7 @@ impl Inner {
                                 identity_key: c.identity_key,
                                 pinned_at: now_secs(),
                                 verified: false,
+                                proven: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -812,6 +813,7 @@ impl AgentHandle {
                 identity_key: contact.identity_key,
                 pinned_at: now_secs(),
                 verified: false,
+                proven: true,
             },
         );
         self.inner
@@ -840,6 +842,7 @@ impl AgentHandle {
                     identity_key: contact.identity_key,
                     pinned_at: now_secs(),
                     verified: true,
+                    proven: true,
                 },
             );
             self.inner

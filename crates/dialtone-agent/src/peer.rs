@@ -150,6 +150,7 @@ async fn verify_hello(
                     identity_key: cert.identity_key,
                     pinned_at: now_secs(),
                     verified: false,
+                    proven: true,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
