@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
+# The lying directory of the malicious-directory tests: its own binary name, so the ordinary
+# dialtone-directory binary is never built with the `malicious` feature.
+cargo build -p dialtone-directory --features malicious --bin dialtone-directory-malicious
 
 echo "== doctests"
 cargo test --workspace --doc --quiet

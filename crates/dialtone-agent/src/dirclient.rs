@@ -152,11 +152,22 @@ impl DirectoryClient {
         body: &B,
     ) -> Result<R, DirectoryError> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
-            DirectoryError::Unreachable {
-                url: self.base.clone(),
-                reason: error_chain(&e),
-            }
+        self.answer(self.http.post(&url).json(body).send().await)
+            .await
+    }
+
+    async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> Result<R, DirectoryError> {
+        let url = format!("{}{path}", self.base);
+        self.answer(self.http.get(&url).send().await).await
+    }
+
+    async fn answer<R: serde::de::DeserializeOwned>(
+        &self,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<R, DirectoryError> {
+        let resp = sent.map_err(|e| DirectoryError::Unreachable {
+            url: self.base.clone(),
+            reason: error_chain(&e),
         })?;
         let status = resp.status();
         let bytes = resp
@@ -183,6 +194,11 @@ impl DirectoryClient {
                 body,
             })
         }
+    }
+
+    /// The transparency log's public keys (`GET /v1/kt/keys`).
+    pub async fn kt_keys(&self) -> Result<dialtone_proto::transparency::KtKeys, DirectoryError> {
+        self.get("/v1/kt/keys").await
     }
 
     /// Starts a registration: the directory sends a code.

@@ -10,6 +10,7 @@
 //! | `device.cert` | the device certificate (JSON), signed by the identity key |
 //! | `settings.toml` | directory URL, identifier, registration state, last presence |
 //! | `pins.json` | identity keys pinned for contacts on first use |
+//! | `kt.json` | the directory's transparency-log keys (pinned on first use) and the last checkpoint accepted |
 //! | `agent.sock` | the local API (JSON-RPC over a Unix socket) while the agent runs |
 //! | `agent.pid`, `agent.log` | pid and log of a detached agent |
 
@@ -113,6 +114,11 @@ pub struct Pin {
     /// block until they verify again; `trust` is not enough.
     #[serde(default)]
     pub verified: bool,
+    /// Whether the directory's transparency log proved this key for the identifier (a key
+    /// pinned when a contact was accepted is proven at its first use). Only a proven pin is
+    /// used while the directory cannot be asked.
+    #[serde(default)]
+    pub proven: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -359,6 +365,27 @@ impl Home {
     /// Writes the pinned keys.
     pub fn save_pins(&self, pins: &BTreeMap<Identifier, Pin>) -> Result<(), HomeError> {
         write_private(&self.path("pins.json"), &to_json(pins))
+    }
+
+    /// The transparency log pinned for the directory and the last checkpoint accepted
+    /// (`kt.json`), if any.
+    pub fn kt_state(&self) -> Result<Option<crate::kt::KtState>, HomeError> {
+        let path = self.path("kt.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| HomeError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Saves the transparency state (`kt.json`, 0600).
+    pub fn save_kt(&self, st: &crate::kt::KtState) -> Result<(), HomeError> {
+        write_private(&self.path("kt.json"), &to_json(st))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod api;
 pub mod dirclient;
 pub mod doctor;
 pub mod home;
+pub mod kt;
 pub mod lan;
 mod peer;
 mod session;
@@ -80,6 +81,10 @@ pub struct AgentConfig {
     /// so they can talk while the directory is down. Default: off (it sends multicast on every
     /// interface).
     pub lan: bool,
+    /// How often the agent checks its own identifier's key history in the transparency log
+    /// (it also checks at every login). Default: 30 s. Shorter finds a replaced key sooner at
+    /// the cost of one history proof per interval.
+    pub kt_monitor_interval: Duration,
 }
 
 impl AgentConfig {
@@ -96,6 +101,7 @@ impl AgentConfig {
             direct_only: false,
             use_relay: true,
             lan: false,
+            kt_monitor_interval: Duration::from_secs(30),
         }
     }
 }
@@ -175,6 +181,16 @@ pub enum Event {
         new_fingerprint: String,
         /// Whether the pinned key had been verified (then this is a hard block).
         verified: bool,
+    },
+    /// A key-transparency check failed: the directory showed a key its log does not prove,
+    /// rolled its log back, forked it, showed a peer a different log (split view), or bound a
+    /// key that is not ours to our identifier. Shown loudly; what it concerned was refused.
+    Transparency {
+        /// `forged-key`, `bad-proof`, `rollback`, `fork`, `split-view`, `bad-signature` or
+        /// `own-key-replaced`.
+        kind: &'static str,
+        /// A sentence for a person, starting with "WARNING:".
+        message: String,
     },
     /// The directory session went up or down.
     Directory {
@@ -363,6 +379,7 @@ pub(crate) struct Inner {
     lan: Option<lan::Lan>,
     cancel: CancellationToken,
     shutdown_requested: tokio::sync::Notify,
+    kt: kt::KtClient,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -473,6 +490,7 @@ impl Agent {
             config: config.clone(),
             cancel: cancel.clone(),
             shutdown_requested: tokio::sync::Notify::new(),
+            kt: kt::KtClient::new(home.kt_state()?.filter(|s| s.directory == directory)),
             home,
         });
         let mut tasks = Vec::new();
@@ -492,6 +510,10 @@ impl Agent {
         )));
         tasks.push(tokio::spawn(peer::accept_loop(inner.clone())));
         tasks.push(tokio::spawn(peer::reap_idle(inner.clone())));
+        tasks.push(tokio::spawn(kt::monitor_loop(
+            inner.clone(),
+            config.kt_monitor_interval,
+        )));
         info!(device = %inner.cert.device_id.short(), "agent started");
         Ok(Self { inner, tasks })
     }
@@ -642,6 +664,7 @@ impl Inner {
                                 identity_key: c.identity_key,
                                 pinned_at: now_secs(),
                                 verified: false,
+                                proven: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -892,10 +915,23 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// Checks `key` against the transparency log before it is pinned.
+    async fn prove(&self, who: &Identifier, key: &IdentityKey) -> Result<(), SendError> {
+        match kt::ensure(&self.inner, who, key).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.is_attack() => Err(SendError::Refused {
+                refusal: Refusal::DirectoryUntrusted,
+                message: format!("WARNING: {f}. The key was not trusted."),
+            }),
+            Err(f) => Err(SendError::Invalid(f.to_string())),
+        }
+    }
+
     /// Accepts a contact's new identity key after a key change (re-pins it). Refused for a
     /// contact whose key was verified: they must be verified again ([`AgentHandle::verify`]).
     pub async fn trust(&self, who: Identifier) -> Result<String, SendError> {
         let contact = self.lookup(who.clone()).await?;
+        self.prove(&who, &contact.identity_key).await?;
         {
             let mut st = self.inner.lock();
             if let Some(pin) = st.pins.get(&who)
@@ -913,6 +949,7 @@ impl AgentHandle {
                     identity_key: contact.identity_key,
                     pinned_at: now_secs(),
                     verified: false,
+                    proven: true,
                 },
             );
             self.inner
@@ -940,6 +977,9 @@ impl AgentHandle {
     /// them now; with `confirm`, pins that key as verified.
     pub async fn verify(&self, who: Identifier, confirm: bool) -> Result<SafetyView, SendError> {
         let contact = self.lookup(who.clone()).await?;
+        if confirm {
+            self.prove(&who, &contact.identity_key).await?;
+        }
         let number = dialtone_proto::safety::SafetyNumber::new(
             (&self.inner.identifier, &self.inner.identity_key),
             (&who, &contact.identity_key),
@@ -953,6 +993,7 @@ impl AgentHandle {
                         identity_key: contact.identity_key,
                         pinned_at: now_secs(),
                         verified: true,
+                        proven: true,
                     },
                 );
                 self.inner

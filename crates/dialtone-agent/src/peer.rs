@@ -26,6 +26,7 @@ fn my_hello(inner: &Inner) -> Frame {
         version: PROTOCOL_VERSION,
         identifier: inner.identifier.clone(),
         device_cert: inner.cert.clone(),
+        checkpoint: inner.kt.current(),
     })
 }
 
@@ -127,6 +128,19 @@ async fn verify_hello(
     if expected_key != cert.identity_key {
         return Err(CloseCode::KeyChanged);
     }
+    // The peer's checkpoint must agree with ours (split view), and its key must be the one
+    // the transparency log proves, before the key is pinned or used.
+    if let Some(theirs) = &hello.checkpoint {
+        match crate::kt::compare_with_peer(inner, id, theirs).await {
+            Ok(()) => {}
+            Err(f) if f.is_attack() => return Err(CloseCode::SplitView),
+            Err(f) => debug!("cannot compare checkpoints with {id}: {f}"),
+        }
+    }
+    if let Err(f) = crate::kt::ensure(inner, id, &cert.identity_key).await {
+        debug!(peer = %id, "identity not proven: {f}");
+        return Err(CloseCode::Unproven);
+    }
     let mut st = inner.lock();
     match st.pins.get(id).copied() {
         Some(pin) if pin.identity_key != cert.identity_key => {
@@ -149,6 +163,7 @@ async fn verify_hello(
                     identity_key: cert.identity_key,
                     pinned_at: now_secs(),
                     verified: false,
+                    proven: true,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -366,6 +381,16 @@ pub(crate) async fn send_text(
         Relation::Blocked => return Err(SendError::refused(Refusal::Blocked, &to)),
         _ => return Err(SendError::refused(Refusal::NotAContact, &to)),
     }
+    // The key must be the one the transparency log proves before anything goes to it.
+    if let Err(f) = crate::kt::ensure(inner, &to, &contact.identity_key).await {
+        if !f.is_attack() {
+            return Err(SendError::Invalid(format!("{f}; nothing was sent")));
+        }
+        return Err(SendError::Refused {
+            refusal: Refusal::DirectoryUntrusted,
+            message: format!("WARNING: {f}. Nothing was sent to {to}."),
+        });
+    }
     let pinned = inner.lock().pins.get(&to).map(|p| p.identity_key);
     if pinned.is_some_and(|k| k != contact.identity_key) {
         return Err(SendError::refused(Refusal::KeyChanged, &to));
@@ -417,6 +442,7 @@ pub(crate) async fn send_text(
         });
     }
     let worst = [
+        Refusal::DirectoryUntrusted,
         Refusal::KeyChanged,
         Refusal::NotAContact,
         Refusal::DoNotDisturb,
@@ -567,6 +593,7 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
     Some(match dialtone_net::peer_close_code(&reason)? {
         CloseCode::NotAContact => Refusal::NotAContact,
         CloseCode::KeyChanged => Refusal::PeerRefused,
+        CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
         _ => Refusal::PeerRefused,
     })
@@ -621,6 +648,7 @@ async fn connection(
             dialtone_net::close(&conn, code);
             Err(match code {
                 CloseCode::KeyChanged => Refusal::KeyChanged,
+                CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
                 CloseCode::NotAContact => Refusal::NotAContact,
                 _ => Refusal::PeerRefused,
             })

@@ -180,6 +180,10 @@ struct UpArgs {
     /// the LAN, even while the directory is down.
     #[arg(long)]
     lan: bool,
+    /// Seconds between checks of your own identifier's key history in the directory's
+    /// transparency log (also checked at every login). Default 30.
+    #[arg(long, value_name = "SECS")]
+    kt_monitor_interval: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -552,6 +556,9 @@ async fn up(home: Home, args: UpArgs) -> Result {
     config.portmapper = !args.no_portmapper;
     config.direct_only = args.direct_only;
     config.lan = args.lan;
+    if let Some(secs) = args.kt_monitor_interval {
+        config.kt_monitor_interval = Duration::from_secs(secs.max(1));
+    }
     let agent = Agent::start(config).await.map_err(|e| {
         let code = match e {
             dialtone_agent::StartError::Directory(_) => EXIT_DIRECTORY,
@@ -621,6 +628,9 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
     }
     if args.lan {
         cmd.arg("--lan");
+    }
+    if let Some(secs) = args.kt_monitor_interval {
+        cmd.arg("--kt-monitor-interval").arg(secs.to_string());
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("log file")?)
@@ -983,6 +993,7 @@ fn describe(ev: &Value) -> Option<String> {
             s("new_fingerprint"),
             s("identifier")
         ),
+        "transparency" => format!("!!! {} [{}]", s("message"), s("kind")),
         "directory" => {
             if ev["connected"].as_bool() == Some(true) {
                 "* connected to the directory".to_owned()
@@ -1063,7 +1074,9 @@ async fn chat(home: &Home, with: &str) -> Result {
                 let msg = msg.map_err(|e| client_fail(&e))?;
                 let ev = &msg["params"];
                 let about = ev["from"].as_str().or_else(|| ev["identifier"].as_str());
-                if (about == Some(with.as_str()) || ev["event"] == "directory")
+                if (about == Some(with.as_str())
+                    || ev["event"] == "directory"
+                    || ev["event"] == "transparency")
                     && let Some(line) = describe(ev)
                 {
                     println!("{line}");

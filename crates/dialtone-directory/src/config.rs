@@ -40,6 +40,12 @@ pub struct Config {
     /// The relay (iroh-relay) beside the directory. Default: none — agents then get no hole
     /// punching and no relayed fallback, only direct paths to addresses they can reach.
     pub relay: Option<RelaySection>,
+    /// Key transparency: epoch timing.
+    pub transparency: TransparencyConfig,
+    /// The lie this directory tells (malicious test build only; never from a file).
+    #[cfg(feature = "malicious")]
+    #[serde(skip)]
+    pub lie: Option<crate::malicious::Lie>,
 }
 
 /// `[relay]`: run a relay beside the directory and tell agents its URL (`/v1/info`).
@@ -57,6 +63,34 @@ pub struct RelaySection {
     /// The URL agents use, if it differs from `https://HOST:PORT` where HOST is the host the
     /// agent reached the directory at and PORT the relay's port. Default: that.
     pub public_url: Option<String>,
+}
+
+/// `[transparency]`: how bindings are published in the key-transparency log.
+///
+/// The defaults are tuned for a small deployment and for tests: a binding is published at
+/// once when nothing was published in the last second, and bindings confirmed within one
+/// second of each other share an epoch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparencyConfig {
+    /// Shortest time between two epochs. Default 1 s. Longer makes fewer, larger epochs (less
+    /// audit work for clients) at the cost of a longer wait before a new binding can be looked
+    /// up.
+    #[serde(with = "humantime_serde")]
+    pub epoch_interval: Duration,
+    /// How long a lookup of a binding that is still waiting for its epoch waits before it
+    /// answers `not_published`. Default 5 s (the agent gives up on a session request after 10 s).
+    #[serde(with = "humantime_serde")]
+    pub lookup_wait: Duration,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        Self {
+            epoch_interval: Duration::from_secs(1),
+            lookup_wait: Duration::from_secs(5),
+        }
+    }
 }
 
 /// How to reach the SMTP relay.
@@ -152,6 +186,9 @@ impl Default for Config {
             smtp: None,
             sms: None,
             relay: None,
+            transparency: TransparencyConfig::default(),
+            #[cfg(feature = "malicious")]
+            lie: None,
         }
     }
 }
@@ -307,6 +344,7 @@ mod tests {
         let smtp = c.smtp.unwrap();
         assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::Starttls));
         assert!(c.sms.unwrap().body.unwrap().contains("{code}"));
+        assert_eq!(c.transparency.epoch_interval, Duration::from_secs(1));
     }
 
     #[test]

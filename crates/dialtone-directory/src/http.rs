@@ -23,6 +23,7 @@ use dialtone_proto::{
     },
     keys::{register_confirm_transcript, register_start_transcript},
     rules::{CODE_DIGITS, clean_code, codes_equal},
+    transparency::{Checkpoint, KtAudit, KtHistory, KtKeys, KtLookup},
 };
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -75,6 +76,29 @@ impl From<StoreError> for ApiError {
             ErrorCode::Internal,
             "the directory failed; try again later",
         )
+    }
+}
+
+impl From<crate::kt::KtError> for ApiError {
+    fn from(e: crate::kt::KtError) -> Self {
+        use crate::kt::KtError;
+        match e {
+            KtError::NotFound(id) => not_registered(&id),
+            KtError::NotPublished(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::NotPublished,
+                e.to_string(),
+            ),
+            KtError::BadRange(m) => Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m),
+            other => {
+                warn!("transparency error: {other}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "the directory failed; try again later",
+                )
+            }
+        }
     }
 }
 
@@ -140,13 +164,26 @@ pub(crate) fn now_secs() -> u64 {
 
 /// The routes.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    #[cfg(feature = "malicious")]
+    let lying = state.config.lie.is_some();
+    let r = Router::new()
         .route("/v1/register/start", post(register_start))
         .route("/v1/register/confirm", post(register_confirm))
         .route("/v1/session/challenge", post(challenge))
         .route("/v1/session", get(crate::sessions::upgrade))
         .route("/v1/lookup/{identifier}", get(lookup))
-        .route("/.well-known/webfinger", get(webfinger))
+        .route("/v1/kt/keys", get(kt_keys))
+        .route("/v1/kt/checkpoint", get(kt_checkpoint))
+        .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
+        .route("/v1/kt/history/{identifier}", get(kt_history))
+        .route("/v1/kt/audit", get(kt_audit));
+    #[cfg(feature = "malicious")]
+    let r = if lying {
+        r.route("/v1/malicious/lie", post(set_lie))
+    } else {
+        r
+    };
+    r.route("/.well-known/webfinger", get(webfinger))
         .route("/v1/info", get(info_route))
         .route(
             "/v1/health",
@@ -437,6 +474,7 @@ async fn register_confirm(
         .run(move |c| q::bind(c, &id, &key, &cert, now))
         .await?;
     info!(replaced, "identifier bound");
+    st.kt.notify();
     if replaced {
         st.sessions
             .key_replaced(&st, &req.identifier, &removed)
@@ -530,6 +568,86 @@ async fn lookup(
         identity_key: account.identity_key,
         devices: devices?,
     }))
+}
+
+async fn kt_keys(State(st): State<Arc<AppState>>) -> Json<KtKeys> {
+    Json(st.kt.keys().clone())
+}
+
+async fn kt_checkpoint(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+) -> Result<Json<Checkpoint>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    Ok(Json(st.kt.checkpoint(None).await?))
+}
+
+async fn kt_lookup(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Path(raw): Path<String>,
+) -> Result<Json<KtLookup>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let id = parse_identifier(&raw)?;
+    Ok(Json(st.kt.lookup(&id, None).await?))
+}
+
+async fn kt_history(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Path(raw): Path<String>,
+) -> Result<Json<KtHistory>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let id = parse_identifier(&raw)?;
+    Ok(Json(st.kt.history(&id, None).await?))
+}
+
+/// Changes the lie (malicious test build, and only when started lying).
+#[cfg(feature = "malicious")]
+async fn set_lie(
+    State(st): State<Arc<AppState>>,
+    Body(lie): Body<crate::malicious::Lie>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::malicious::apply(&st.kt, lie).await?;
+    Ok(Json(serde_json::json!({"status": "lying"})))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn kt_audit(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KtAudit>, ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(&addr),
+        "requests from your address",
+    )?;
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "give the epochs as ?from=A&to=B (non-negative integers)",
+        ));
+    };
+    Ok(Json(st.kt.audit(q.from, q.to, None).await?))
 }
 
 #[derive(Deserialize)]

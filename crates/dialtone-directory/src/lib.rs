@@ -5,6 +5,10 @@
 //! accepted contacts — and only them — who is online and at which addresses, relays contact
 //! requests live, and answers public key lookups (`/v1/lookup`, WebFinger).
 //!
+//! It is not trusted for keys: every binding goes into a key-transparency log ([`kt`]: Meta's
+//! `akd` on the same SQLite file, epochs signed into an append-only checkpoint log) whose
+//! proofs clients verify (`/v1/kt/…` and the session's `kt_*` operations).
+//!
 //! It is **not** a message store: it never sees message content, and nothing it pushes is
 //! kept for a device that is not connected.
 //!
@@ -24,6 +28,9 @@
 pub mod channel;
 pub mod config;
 mod http;
+pub mod kt;
+#[cfg(feature = "malicious")]
+pub mod malicious;
 pub mod provision;
 mod sessions;
 mod store;
@@ -78,6 +85,9 @@ pub enum BindError {
     /// The relay's address echo could not bind.
     #[error("cannot bind the relay's address echo: {0}")]
     Echo(#[source] std::io::Error),
+    /// The transparency log could not be opened.
+    #[error("cannot open the transparency log: {0}")]
+    Transparency(#[from] kt::KtError),
 }
 
 /// What `/v1/info` tells agents about the relay.
@@ -111,6 +121,7 @@ pub(crate) struct AppState {
     limits: Limits,
     public_url: String,
     relay: Option<RelayInfo>,
+    kt: Arc<kt::Transparency>,
 }
 
 /// A running directory.
@@ -162,6 +173,14 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || store::Store::open(&dir))
             .await
             .map_err(|_| StoreError::Join)??;
+        let kt = kt::Transparency::open(
+            store.clone(),
+            &config.data_dir,
+            config.transparency.clone(),
+            #[cfg(feature = "malicious")]
+            config.lie.clone(),
+        )
+        .await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -197,17 +216,23 @@ impl Server {
             limits,
             public_url,
             relay: relay_info,
+            kt: kt.clone(),
         });
         let cancel = CancellationToken::new();
+        let publisher = tokio::spawn(kt.run(cancel.clone()));
         let router = http::router(state.clone());
         let dead_link = state.config.session.dead_link;
-        let task = tokio::spawn(accept_loop(
+        let accept = tokio::spawn(accept_loop(
             listener,
             router,
             tls,
             dead_link,
             cancel.clone(),
         ));
+        let task = tokio::spawn(async move {
+            let _ = accept.await;
+            let _ = publisher.await;
+        });
         info!(%url, "directory listening");
         if let Some((r, _)) = &relay {
             info!(addr = %r.addr(), tls = r.tls(), "relay listening");
@@ -235,6 +260,21 @@ impl Server {
     /// The relay's bound address, if it runs.
     pub fn relay_addr(&self) -> Option<SocketAddr> {
         self.relay.as_ref().map(|(r, _)| r.addr())
+    }
+
+    /// The latest signed checkpoint of the transparency log.
+    pub async fn checkpoint(
+        &self,
+    ) -> Result<dialtone_proto::transparency::Checkpoint, kt::KtError> {
+        self.state.kt.checkpoint(None).await
+    }
+
+    /// Publishes every queued binding now, as one epoch (tests and benchmarks; the server
+    /// also does it on its own every epoch interval).
+    pub async fn publish_now(
+        &self,
+    ) -> Result<Option<dialtone_proto::transparency::Checkpoint>, kt::KtError> {
+        self.state.kt.publish_pending().await
     }
 
     /// Number of open sessions (online devices).

@@ -10,12 +10,13 @@ use clap::Parser;
 use dialtone_directory::{BindError, Config, Server, config::TlsConfig};
 
 #[derive(Parser, Debug)]
+#[allow(unreachable_pub)]
 #[command(
     name = "dialtone-directory",
     version,
     about = "Dialtone's directory: identities, presence, contacts"
 )]
-struct Args {
+pub struct Args {
     /// TOML configuration file (see config.example.toml); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -57,8 +58,14 @@ fn raise_open_file_limit() {
     }
 }
 
+#[allow(dead_code)]
 fn main() -> ExitCode {
-    let args = Args::parse();
+    run(Args::parse(), None)
+}
+
+/// Runs the directory; `lie` is set only by the malicious test binary.
+#[allow(unreachable_pub)]
+pub fn run(args: Args, lie: Option<String>) -> ExitCode {
     raise_open_file_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -98,6 +105,18 @@ fn main() -> ExitCode {
         let public_url = config.relay.take().and_then(|r| r.public_url);
         config.relay = Some(dialtone_directory::config::RelaySection { listen, public_url });
     }
+    #[cfg(feature = "malicious")]
+    if let Some(l) = lie {
+        match l.parse::<dialtone_directory::malicious::Lie>() {
+            Ok(l) => config.lie = Some(l),
+            Err(e) => {
+                eprintln!("dialtone-directory: --lie {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    #[cfg(not(feature = "malicious"))]
+    let _ = lie;
 
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -115,7 +134,8 @@ fn main() -> ExitCode {
                     BindError::Listen { .. }
                     | BindError::Store(_)
                     | BindError::Relay(_)
-                    | BindError::Echo(_) => ExitCode::from(1),
+                    | BindError::Echo(_)
+                    | BindError::Transparency(_) => ExitCode::from(1),
                     _ => ExitCode::from(2),
                 };
             }

@@ -279,12 +279,16 @@ fn contact_entry(subject: &Account, relation: Relation, devs: &[DeviceSession]) 
     } else {
         PresenceView::offline()
     };
-    ContactEntry {
+    #[allow(unused_mut)]
+    let mut entry = ContactEntry {
         identifier: subject.identifier.clone(),
         identity_key: subject.identity_key,
         relation,
         presence,
-    }
+    };
+    #[cfg(feature = "malicious")]
+    crate::malicious::forge_entry(&mut entry);
+    entry
 }
 
 #[derive(Deserialize)]
@@ -712,6 +716,27 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             })?;
             Ok(Reply::Lookup {
                 contact: st.sessions.entry(&account, rel),
+            })
+        }
+        Request::KtCheckpoint => Ok(Reply::KtCheckpoint {
+            checkpoint: st.kt.checkpoint(Some(&me)).await?,
+        }),
+        Request::KtLookup { identifier } => {
+            limit(ctx)?;
+            Ok(Reply::KtLookup {
+                lookup: st.kt.lookup(&identifier, Some(&me)).await?,
+            })
+        }
+        Request::KtHistory { identifier } => {
+            limit(ctx)?;
+            Ok(Reply::KtHistory {
+                history: st.kt.history(&identifier, Some(&me)).await?,
+            })
+        }
+        Request::KtAudit { from, to } => {
+            limit(ctx)?;
+            Ok(Reply::KtAudit {
+                audit: st.kt.audit(from, to, Some(&me)).await?,
             })
         }
         Request::ContactRequest { to } => {

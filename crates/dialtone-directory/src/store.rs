@@ -1,5 +1,5 @@
-//! Durable state in SQLite: accounts, devices, pending verifications and contact
-//! authorizations. Never messages, never queued pushes.
+//! Durable state in SQLite: accounts, devices, pending verifications, contact
+//! authorizations and the key-transparency log (see `kt`). Never messages, never queued pushes.
 //!
 //! One connection behind a mutex, used from blocking threads (`Store::run`), in WAL mode.
 //! Schema versions are applied in order, each in a transaction, tracked by
@@ -45,6 +45,42 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (owner, peer)
     );
     CREATE INDEX contacts_by_peer ON contacts(peer);",
+    // 2: key transparency. akd's records (tree nodes and the AZKS root record, CBOR, keyed
+    // by akd's binary id), akd's value states (one row per label and epoch), the signed
+    // checkpoint log (append-only: triggers refuse UPDATE and DELETE), and the bindings
+    // waiting for the next epoch. Existing accounts are queued for the first epoch.
+    "CREATE TABLE akd_records (
+        id   BLOB PRIMARY KEY,
+        data BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE akd_values (
+        label      BLOB NOT NULL,
+        epoch      INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        value      BLOB NOT NULL,
+        node_label BLOB NOT NULL,
+        node_len   INTEGER NOT NULL,
+        PRIMARY KEY (label, epoch)
+    ) WITHOUT ROWID;
+    CREATE INDEX akd_values_by_version ON akd_values(label, version);
+    CREATE TABLE kt_checkpoints (
+        epoch        INTEGER PRIMARY KEY,
+        root_hash    BLOB NOT NULL,
+        previous     BLOB NOT NULL,
+        signature    BLOB NOT NULL,
+        published_at INTEGER NOT NULL
+    );
+    CREATE TRIGGER kt_checkpoints_no_update BEFORE UPDATE ON kt_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'the checkpoint log is append-only'); END;
+    CREATE TRIGGER kt_checkpoints_no_delete BEFORE DELETE ON kt_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'the checkpoint log is append-only'); END;
+    CREATE TABLE kt_pending (
+        identifier TEXT PRIMARY KEY,
+        value      BLOB NOT NULL,
+        queued_at  INTEGER NOT NULL
+    );
+    INSERT INTO kt_pending (identifier, value, queued_at)
+        SELECT identifier, CAST(X'01' || identity_key AS BLOB), updated_at FROM accounts;",
 ];
 
 /// Errors of the store.
@@ -356,6 +392,14 @@ pub(crate) mod q {
             "DELETE FROM pending_verifications WHERE identifier = ?1",
             [id.as_str()],
         )?;
+        if old.is_none() || replaced {
+            // The new binding goes into the transparency log at the next epoch.
+            tx.execute(
+                "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
+                params![id.as_str(), dialtone_proto::transparency::kt_value(key), now as i64],
+            )?;
+        }
         Ok((replaced, removed))
     }
 
@@ -441,6 +485,49 @@ pub(crate) mod q {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory that ran before key transparency: its accounts are queued for the first
+    /// epoch by the migration, so that they are provable after the upgrade.
+    #[test]
+    fn upgrade_queues_existing_accounts_for_the_transparency_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("directory.sqlite3")).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO accounts VALUES ('alice@example.com', ?1, 1, 2)",
+                [&[7u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let rows: Vec<(String, Vec<u8>)> = {
+            let c = s.lock();
+            let mut st = c
+                .prepare("SELECT identifier, value FROM kt_pending")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let mut want = vec![1u8];
+        want.extend_from_slice(&[7u8; 32]);
+        assert_eq!(rows, vec![("alice@example.com".to_owned(), want)]);
+        // The checkpoint log refuses to be rewritten.
+        let c = s.lock();
+        c.execute(
+            "INSERT INTO kt_checkpoints VALUES (0, x'00', x'00', x'00', 0)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            c.execute("UPDATE kt_checkpoints SET root_hash = x'01'", [])
+                .is_err()
+        );
+        assert!(c.execute("DELETE FROM kt_checkpoints", []).is_err());
+    }
 
     #[test]
     fn migrations_apply_once() {

@@ -196,6 +196,8 @@ pub enum ErrorCode {
     Conflict,
     /// The directory could not send a verification code.
     DeliveryFailed,
+    /// The binding is not in the transparency log yet; ask again in a moment.
+    NotPublished,
     /// The directory failed; not the client's fault.
     Internal,
 }
@@ -378,6 +380,26 @@ pub enum Request {
         /// Whom.
         identifier: Identifier,
     },
+    /// Key transparency: every checkpoint from `from` to `to` and the append-only proof
+    /// between them ([`Reply::KtAudit`]).
+    KtAudit {
+        /// First epoch (the one the client holds).
+        from: u64,
+        /// Last epoch (at most the latest).
+        to: u64,
+    },
+    /// Key transparency: the latest signed checkpoint ([`Reply::KtCheckpoint`]).
+    KtCheckpoint,
+    /// Key transparency: the complete key history of an identifier ([`Reply::KtHistory`]).
+    KtHistory {
+        /// Whose.
+        identifier: Identifier,
+    },
+    /// Key transparency: a lookup proof for an identifier ([`Reply::KtLookup`]).
+    KtLookup {
+        /// Whom.
+        identifier: Identifier,
+    },
     /// Keep-alive; the reply is [`Reply::Pong`].
     Ping,
     /// Publish this device's state and addresses. Contacts get the change pushed.
@@ -465,6 +487,26 @@ pub enum Reply {
     Lookup {
         /// The person, from the requester's side.
         contact: ContactEntry,
+    },
+    /// Answer to [`Request::KtAudit`].
+    KtAudit {
+        /// Checkpoints and proof.
+        audit: crate::transparency::KtAudit,
+    },
+    /// Answer to [`Request::KtCheckpoint`].
+    KtCheckpoint {
+        /// The latest checkpoint.
+        checkpoint: crate::transparency::Checkpoint,
+    },
+    /// Answer to [`Request::KtHistory`].
+    KtHistory {
+        /// Proof and checkpoint.
+        history: crate::transparency::KtHistory,
+    },
+    /// Answer to [`Request::KtLookup`].
+    KtLookup {
+        /// Proof and checkpoint.
+        lookup: crate::transparency::KtLookup,
     },
     /// Answer to [`Request::Ping`].
     Pong,

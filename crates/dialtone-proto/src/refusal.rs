@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub enum Refusal {
     /// You blocked the recipient.
     Blocked,
+    /// The directory's answer failed the key-transparency checks (a key its log does not
+    /// prove, a rolled-back or forked log, a split view): it may be lying.
+    DirectoryUntrusted,
     /// The recipient is busy (do not disturb) and refuses messages.
     DoNotDisturb,
     /// The recipient's identity key is not the one pinned for them.
@@ -33,8 +36,9 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, for docs and tests.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Blocked,
+        Self::DirectoryUntrusted,
         Self::DoNotDisturb,
         Self::KeyChanged,
         Self::NotAContact,
@@ -48,6 +52,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Blocked => "blocked",
+            Self::DirectoryUntrusted => "directory-untrusted",
             Self::DoNotDisturb => "do-not-disturb",
             Self::KeyChanged => "key-changed",
             Self::NotAContact => "not-a-contact",
@@ -74,10 +79,11 @@ impl Refusal {
             Self::Timeout => 15,
             Self::KeyChanged => 16,
             Self::PeerRefused => 17,
+            Self::DirectoryUntrusted => 18,
         }
     }
 
-    /// JSON-RPC error code used by the local API (`-32010` … `-32017`).
+    /// JSON-RPC error code used by the local API (`-32010` … `-32018`).
     pub fn rpc_code(self) -> i64 {
         -32000 - i64::from(self.exit_code())
     }
@@ -87,6 +93,12 @@ impl Refusal {
         match self {
             Self::Blocked => format!(
                 "you have blocked {who}; unblock them first (dialtone contacts unblock {who})"
+            ),
+            Self::DirectoryUntrusted => format!(
+                "WARNING: the directory's answer about {who} failed the key-transparency checks \
+                 (a key its log does not prove, a rolled-back or forked log, or a split view found \
+                 when your devices compared logs); nothing was sent. The directory may be lying about keys: do not trust new keys \
+                 from it, and tell {who} and the directory's operator"
             ),
             Self::DoNotDisturb => {
                 format!("{who} is busy (do not disturb) and is not taking messages; try later")

@@ -91,6 +91,10 @@ pub struct Hello {
     pub identifier: Identifier,
     /// The sender's device certificate; its `device_id` must be the connection's peer key.
     pub device_cert: DeviceCertificate,
+    /// The latest transparency-log checkpoint the sender accepted, for split-view detection.
+    /// Optional: absent from older agents and from agents that have none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::transparency::Checkpoint>,
 }
 
 /// Why a connection was closed during or after the hello.
@@ -112,6 +116,11 @@ pub enum CloseCode {
     Idle,
     /// The agent is shutting down.
     Shutdown,
+    /// The two sides hold checkpoints of the directory's log that cannot both be true: the
+    /// directory showed them different logs (split view).
+    SplitView,
+    /// The peer's identity key could not be proven in the directory's transparency log.
+    Unproven,
 }
 
 impl CloseCode {
@@ -125,6 +134,8 @@ impl CloseCode {
             Self::KeyChanged => 12,
             Self::Protocol => 13,
             Self::UnsupportedVersion => 14,
+            Self::SplitView => 15,
+            Self::Unproven => 16,
         }
     }
 
@@ -138,6 +149,8 @@ impl CloseCode {
             Self::KeyChanged,
             Self::Protocol,
             Self::UnsupportedVersion,
+            Self::SplitView,
+            Self::Unproven,
         ]
         .into_iter()
         .find(|c| u64::from(c.code()) == code)
@@ -262,6 +275,32 @@ mod tests {
     use super::*;
     use crate::keys::DeviceId;
 
+    #[test]
+    fn hello_checkpoint_is_optional_both_ways() {
+        let Frame::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        let old = {
+            let mut b = Vec::new();
+            ciborium::into_writer(&Frame::Hello(h.clone()), &mut b).unwrap();
+            b
+        };
+        // An older agent's hello (no checkpoint) decodes, as None.
+        let back: Frame = ciborium::from_reader(&old[..]).unwrap();
+        assert_eq!(back, Frame::Hello(h.clone()));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        h.checkpoint = Some(crate::transparency::Checkpoint::sign(
+            &key,
+            3,
+            crate::transparency::Hash32([4; 32]),
+            crate::transparency::Hash32([5; 32]),
+        ));
+        let mut b = Vec::new();
+        ciborium::into_writer(&Frame::Hello(h.clone()), &mut b).unwrap();
+        let back: Frame = ciborium::from_reader(&b[..]).unwrap();
+        assert_eq!(back, Frame::Hello(h));
+    }
+
     fn hello() -> Frame {
         let id = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
         let dev = DeviceId::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
@@ -269,6 +308,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             identifier: Identifier::parse("alice@example.com").unwrap(),
             device_cert: DeviceCertificate::issue(&id, dev, "laptop", 1).unwrap(),
+            checkpoint: None,
         })
     }
 

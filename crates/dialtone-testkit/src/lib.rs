@@ -68,6 +68,7 @@ pub struct Directory {
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
     netns: Option<String>,
+    binary: &'static str,
 }
 
 impl Directory {
@@ -78,11 +79,22 @@ impl Directory {
 
     /// Starts a directory with extra command-line arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_binary("dialtone-directory", extra)
+    }
+
+    /// Starts `dialtone-directory-malicious` (built with `cargo build -p dialtone-directory
+    /// --features malicious --bin dialtone-directory-malicious`) telling `lie`
+    /// (e.g. `rollback`, `forged-key:bob@example.com`).
+    pub fn start_lying(lie: &str) -> Self {
+        Self::start_binary("dialtone-directory-malicious", &["--lie", lie])
+    }
+
+    fn start_binary(binary: &'static str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let outbox = tmp.path().join("outbox");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn_directory(None, "127.0.0.1:0", &data, &outbox, &extra);
+        let (child, url) = spawn_directory(None, binary, "127.0.0.1:0", &data, &outbox, &extra);
         let addr = url.split("://").nth(1).unwrap().to_owned();
         Self {
             child: Some(child),
@@ -93,6 +105,7 @@ impl Directory {
             _tmp: Some(tmp),
             extra,
             netns: None,
+            binary,
         }
     }
 
@@ -103,7 +116,14 @@ impl Directory {
         let data = tmp.path().join("data");
         let outbox = tmp.path().join("outbox");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, _) = spawn_directory(Some(netns), listen, &data, &outbox, &extra);
+        let (child, _) = spawn_directory(
+            Some(netns),
+            "dialtone-directory",
+            listen,
+            &data,
+            &outbox,
+            &extra,
+        );
         Self {
             child: Some(child),
             url: url.to_owned(),
@@ -113,7 +133,27 @@ impl Directory {
             _tmp: Some(tmp),
             extra,
             netns: Some(netns.to_owned()),
+            binary: "dialtone-directory",
         }
+    }
+
+    /// Changes the lie of a lying directory (`POST /v1/malicious/lie` with this JSON).
+    pub fn set_lie(&self, lie: Value) {
+        use std::io::{Read, Write};
+        let body = lie.to_string();
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /v1/malicious/lie HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.addr,
+            body.len(),
+            body
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "set_lie: {answer}");
     }
 
     /// The code last sent to `identifier`.
@@ -147,6 +187,7 @@ impl Directory {
             // The port may take a moment to be free again.
             match try_spawn_directory(
                 self.netns.as_deref(),
+                self.binary,
                 &self.addr,
                 &self.data,
                 &self.outbox,
@@ -178,23 +219,25 @@ impl Drop for Directory {
 
 fn spawn_directory(
     netns: Option<&str>,
+    binary: &str,
     listen: &str,
     data: &Path,
     outbox: &Path,
     extra: &[String],
 ) -> (Child, String) {
-    try_spawn_directory(netns, listen, data, outbox, extra)
+    try_spawn_directory(netns, binary, listen, data, outbox, extra)
         .unwrap_or_else(|e| panic!("directory: {e}"))
 }
 
 fn try_spawn_directory(
     netns: Option<&str>,
+    binary: &str,
     listen: &str,
     data: &Path,
     outbox: &Path,
     extra: &[String],
 ) -> Result<(Child, String), String> {
-    let mut child = command_in(netns, &bin("dialtone-directory"))
+    let mut child = command_in(netns, &bin(binary))
         .args(["--listen", listen])
         .arg("--data")
         .arg(data)
@@ -386,7 +429,12 @@ impl Person {
 
     /// Starts the agent in the background on loopback.
     pub fn up(&self) {
-        self.run(&[
+        self.up_with(&[]);
+    }
+
+    /// Starts the agent in the background on loopback, with extra `up` arguments.
+    pub fn up_with(&self, extra: &[&str]) {
+        let mut args = vec![
             "up",
             "--detach",
             "--bind",
@@ -394,8 +442,9 @@ impl Person {
             "--bind",
             "[::1]:0",
             "--no-portmapper",
-        ])
-        .ok();
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args).ok();
     }
 
     /// The agent's pid (from `agent.pid`).

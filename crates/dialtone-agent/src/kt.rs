@@ -1,0 +1,692 @@
+//! Key transparency on the agent's side: the directory is not trusted for keys.
+//!
+//! - **Pinning the log**: on first use the agent fetches the directory's checkpoint-signing
+//!   key and VRF key (`GET /v1/kt/keys`) and its latest signed checkpoint, and keeps them in
+//!   `kt.json` in the home (trust on first use, like contact keys).
+//! - **Every key is proven**: before a contact's key is used to send, or accepted in a peer's
+//!   hello, the agent asks the directory for a lookup proof and verifies it (akd's
+//!   `lookup_verify`) against a signed checkpoint; the proven key must be the one the
+//!   directory claims. Proven bindings are cached until the directory claims another key.
+//! - **The log only grows**: a checkpoint is accepted only if it extends the one held: an
+//!   older epoch is a rollback, another root at the same epoch a fork; a newer one needs the
+//!   signed hash chain of every checkpoint in between and akd's append-only proof.
+//! - **Owners watch their own binding**: at login and every `kt_monitor_interval`, the agent
+//!   verifies its own identifier's key history and raises [`Event::Transparency`] for any
+//!   version after its own key whose key is not its own (and if its key is not there at all).
+//! - **Split view**: peers swap their checkpoints in the hello ([`compare_with_peer`]).
+//!
+//! Every failure that means the directory lied is a [`KtFailure`] other than
+//! [`KtFailure::Unavailable`]; it is shown to front ends as [`Event::Transparency`] and
+//! logged at `warn`, and it refuses the message or the connection.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use akd::{AkdLabel, HistoryVerificationParams, configuration::DomainLabel};
+use dialtone_proto::{
+    Identifier, IdentityKey,
+    directory::{Reply, Request},
+    transparency::{
+        AKD_DOMAIN_LABEL, Checkpoint, Hash32, KtAudit, KtKeys, MAX_AUDIT_EPOCHS, kt_value_key,
+    },
+};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::{Event, Inner, session::SessionError};
+
+/// Dialtone's akd domain label (`dialtone-kt/v1`), as the directory uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct DialtoneLabel;
+
+impl DomainLabel for DialtoneLabel {
+    fn domain_label() -> &'static [u8] {
+        AKD_DOMAIN_LABEL
+    }
+}
+
+/// The akd configuration (must equal the directory's).
+pub type KtConfiguration = akd::ExperimentalConfiguration<DialtoneLabel>;
+
+/// How long a check waits for a directory session that is reconnecting.
+const RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Roots of past epochs kept to compare with peers' older checkpoints.
+const KEPT_ROOTS: usize = 4096;
+
+/// What the agent keeps about the directory's log (`kt.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtState {
+    /// The directory these keys belong to.
+    pub directory: String,
+    /// The log's keys, pinned on first use.
+    pub keys: KtKeys,
+    /// The latest checkpoint accepted.
+    pub checkpoint: Checkpoint,
+    /// Root hashes of recent epochs (from audits), for comparing with peers.
+    #[serde(default)]
+    pub roots: BTreeMap<u64, Hash32>,
+}
+
+/// Why a transparency check failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum KtFailure {
+    /// The directory could not be asked (not an attack; try again).
+    #[error("cannot check the transparency log: {0}")]
+    Unavailable(String),
+    /// A checkpoint's signature is not the directory's pinned key.
+    #[error(
+        "the directory's checkpoint is not signed by the key pinned for it; the directory may have been replaced"
+    )]
+    BadSignature,
+    /// The directory offered an older epoch than one it already showed.
+    #[error(
+        "the directory rolled its transparency log back from epoch {held} to epoch {offered}; it may be hiding a key change"
+    )]
+    Rollback {
+        /// The epoch held.
+        held: u64,
+        /// The epoch offered.
+        offered: u64,
+    },
+    /// Two different logs at the same epoch (or a chain that does not lead to the offer).
+    #[error(
+        "the directory's transparency log forked at epoch {epoch}: it showed two different histories"
+    )]
+    Fork {
+        /// Where.
+        epoch: u64,
+    },
+    /// A proof did not verify.
+    #[error("the directory's {what} proof does not verify: {reason}")]
+    BadProof {
+        /// Lookup, history or append-only.
+        what: &'static str,
+        /// akd's explanation.
+        reason: String,
+    },
+    /// The directory claims a key its log does not prove.
+    #[error(
+        "the directory gave a key for {identifier} (fingerprint {claimed}) that its transparency log does not prove (the log has {proven})"
+    )]
+    KeyMismatch {
+        /// Whose.
+        identifier: Identifier,
+        /// Fingerprint claimed.
+        claimed: String,
+        /// Fingerprint proven.
+        proven: String,
+    },
+    /// A peer holds a checkpoint that contradicts ours.
+    #[error(
+        "split view: {peer} was shown a different transparency log (epoch {epoch}) than you were; the directory is showing different people different keys"
+    )]
+    SplitView {
+        /// The peer.
+        peer: Identifier,
+        /// The epoch compared.
+        epoch: u64,
+    },
+}
+
+impl KtFailure {
+    /// A short machine-readable name (`rollback`, `fork`, `split-view`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::BadSignature => "bad-signature",
+            Self::Rollback { .. } => "rollback",
+            Self::Fork { .. } => "fork",
+            Self::BadProof { .. } => "bad-proof",
+            Self::KeyMismatch { .. } => "forged-key",
+            Self::SplitView { .. } => "split-view",
+        }
+    }
+
+    /// Whether this means the directory (or a peer) lied, rather than an outage.
+    pub fn is_attack(&self) -> bool {
+        !matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<SessionError> for KtFailure {
+    fn from(e: SessionError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// The agent's transparency state.
+#[derive(Debug, Default)]
+pub(crate) struct KtClient {
+    /// The pinned log; one check at a time.
+    state: tokio::sync::Mutex<Option<KtState>>,
+    /// Keys proven for identifiers.
+    proven: Mutex<HashMap<Identifier, IdentityKey>>,
+    /// Alarms already raised (kind + detail), so each is shown once.
+    alarmed: Mutex<HashSet<String>>,
+    /// The checkpoint held, readable without waiting for a check in progress.
+    current: Mutex<Option<Checkpoint>>,
+}
+
+impl KtClient {
+    pub(crate) fn new(state: Option<KtState>) -> Self {
+        Self {
+            current: Mutex::new(state.as_ref().map(|s| s.checkpoint)),
+            state: tokio::sync::Mutex::new(state),
+            ..Self::default()
+        }
+    }
+
+    /// The checkpoint held now, if any (for the hello).
+    pub(crate) fn current(&self) -> Option<Checkpoint> {
+        *lock(&self.current)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn ask(inner: &Inner, req: Request) -> Result<Reply, KtFailure> {
+    Ok(inner.session.request(req).await?)
+}
+
+/// Runs a synchronous akd verifier; a panic on malformed input counts as a failed proof.
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("malformed proof".into()),
+    }
+}
+
+/// Raises the alarm for an attack (once per distinct failure) and passes the failure on.
+pub(crate) fn alarm(inner: &Inner, f: KtFailure) -> KtFailure {
+    if f.is_attack() && lock(&inner.kt.alarmed).insert(f.to_string()) {
+        warn!(kind = f.kind(), "key transparency: {f}");
+        inner.emit(Event::Transparency {
+            kind: f.kind(),
+            message: format!("WARNING: {f}"),
+        });
+    }
+    f
+}
+
+/// The pinned state, fetched and pinned on first use.
+async fn state<'a>(
+    inner: &Inner,
+    guard: &'a mut tokio::sync::MutexGuard<'_, Option<KtState>>,
+) -> Result<&'a mut KtState, KtFailure> {
+    if guard.is_none() {
+        let keys = inner
+            .dir
+            .kt_keys()
+            .await
+            .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
+        let Reply::KtCheckpoint { checkpoint } = ask(inner, Request::KtCheckpoint).await? else {
+            return Err(KtFailure::Unavailable("unexpected answer".into()));
+        };
+        checkpoint
+            .verify(&keys.signing_key)
+            .map_err(|_| KtFailure::BadSignature)?;
+        let st = KtState {
+            directory: inner.dir.base().to_owned(),
+            keys,
+            checkpoint,
+            roots: BTreeMap::from([(checkpoint.epoch, checkpoint.root_hash)]),
+        };
+        inner
+            .home
+            .save_kt(&st)
+            .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
+        debug!(epoch = checkpoint.epoch, "transparency log pinned");
+        *lock(&inner.kt.current) = Some(checkpoint);
+        **guard = Some(st);
+    }
+    guard
+        .as_mut()
+        .ok_or_else(|| KtFailure::Unavailable("no state".into()))
+}
+
+/// Checks an audit answer from `held` and returns the roots it proves, newest last.
+async fn check_audit(
+    keys: &KtKeys,
+    held: &Checkpoint,
+    audit: KtAudit,
+) -> Result<Vec<Checkpoint>, KtFailure> {
+    let cps = audit.checkpoints;
+    if cps.first() != Some(held) {
+        return Err(KtFailure::Fork { epoch: held.epoch });
+    }
+    for w in cps.windows(2) {
+        w[1].verify(&keys.signing_key)
+            .map_err(|_| KtFailure::BadSignature)?;
+        if !w[0].is_followed_by(&w[1]) {
+            return Err(KtFailure::Fork { epoch: w[1].epoch });
+        }
+    }
+    if cps.len() > 1 {
+        let proof = serde_json::from_value(audit.proof).map_err(|e| KtFailure::BadProof {
+            what: "append-only",
+            reason: e.to_string(),
+        })?;
+        let hashes = cps.iter().map(|c| c.root_hash.0).collect();
+        // A proof is the directory's input: a verifier panic on malformed input is a failed
+        // proof, never a dead agent.
+        let verified =
+            AssertUnwindSafe(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
+                .catch_unwind()
+                .await
+                .map_err(|_| "malformed proof".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        verified.map_err(|reason| KtFailure::BadProof {
+            what: "append-only",
+            reason,
+        })?;
+    }
+    Ok(cps)
+}
+
+/// Fetches and checks the chain from `st.checkpoint` to epoch `to`; returns the checkpoints
+/// from the held one to `to`.
+async fn chain_to(inner: &Inner, st: &KtState, to: u64) -> Result<Vec<Checkpoint>, KtFailure> {
+    let mut held = st.checkpoint;
+    let mut all = vec![held];
+    while held.epoch < to {
+        let next = to.min(held.epoch + MAX_AUDIT_EPOCHS);
+        let reply = ask(
+            inner,
+            Request::KtAudit {
+                from: held.epoch,
+                to: next,
+            },
+        )
+        .await;
+        let audit = match reply {
+            Ok(Reply::KtAudit { audit }) => audit,
+            Ok(_) => return Err(KtFailure::Unavailable("unexpected answer".into())),
+            // The directory refuses to show us an epoch it signed for someone: no such epoch
+            // in the log it shows us.
+            Err(KtFailure::Unavailable(m)) => return Err(KtFailure::Unavailable(m)),
+            Err(e) => return Err(e),
+        };
+        let cps = check_audit(&st.keys, &held, audit).await?;
+        let Some(last) = cps.last().copied() else {
+            return Err(KtFailure::Fork { epoch: held.epoch });
+        };
+        if last.epoch != next {
+            return Err(KtFailure::Fork { epoch: next });
+        }
+        all.extend_from_slice(&cps[1..]);
+        held = last;
+    }
+    Ok(all)
+}
+
+/// Accepts `cp` if it extends the held checkpoint; refuses rollbacks and forks.
+async fn accept(inner: &Inner, st: &mut KtState, cp: Checkpoint) -> Result<(), KtFailure> {
+    cp.verify(&st.keys.signing_key)
+        .map_err(|_| KtFailure::BadSignature)?;
+    let held = st.checkpoint;
+    if cp.epoch < held.epoch {
+        return Err(KtFailure::Rollback {
+            held: held.epoch,
+            offered: cp.epoch,
+        });
+    }
+    if cp.epoch == held.epoch {
+        return if cp == held {
+            Ok(())
+        } else {
+            Err(KtFailure::Fork { epoch: cp.epoch })
+        };
+    }
+    let chain = chain_to(inner, st, cp.epoch).await?;
+    if chain.last() != Some(&cp) {
+        return Err(KtFailure::Fork { epoch: cp.epoch });
+    }
+    for c in &chain {
+        st.roots.insert(c.epoch, c.root_hash);
+    }
+    while st.roots.len() > KEPT_ROOTS {
+        st.roots.pop_first();
+    }
+    st.checkpoint = cp;
+    *lock(&inner.kt.current) = Some(cp);
+    inner
+        .home
+        .save_kt(st)
+        .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
+    Ok(())
+}
+
+/// Proves `id`'s current key through the log and returns it.
+pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey, KtFailure> {
+    let mut guard = inner.kt.state.lock().await;
+    let st = state(inner, &mut guard).await?;
+    let Reply::KtLookup { lookup } = ask(
+        inner,
+        Request::KtLookup {
+            identifier: id.clone(),
+        },
+    )
+    .await?
+    else {
+        return Err(KtFailure::Unavailable("unexpected answer".into()));
+    };
+    if lookup.identifier != *id {
+        return Err(KtFailure::BadProof {
+            what: "lookup",
+            reason: format!("the proof is for {}", lookup.identifier),
+        });
+    }
+    accept(inner, st, lookup.checkpoint).await?;
+    let bad = |reason: String| KtFailure::BadProof {
+        what: "lookup",
+        reason,
+    };
+    let proof = serde_json::from_value(lookup.proof).map_err(|e| bad(e.to_string()))?;
+    let r = guarded(|| {
+        akd::verify::lookup_verify::<KtConfiguration>(
+            &st.keys.vrf_public_key.0,
+            lookup.checkpoint.root_hash.0,
+            lookup.checkpoint.epoch,
+            AkdLabel::from(id.as_str()),
+            proof,
+        )
+    })
+    .map_err(bad)?;
+    let key = kt_value_key(&r.value.0).ok_or_else(|| bad("not an identity key".into()))?;
+    lock(&inner.kt.proven).insert(id.clone(), key);
+    Ok(key)
+}
+
+/// Makes sure `claimed` is the key the log proves for `id`.
+pub(crate) async fn ensure(
+    inner: &Inner,
+    id: &Identifier,
+    claimed: &IdentityKey,
+) -> Result<(), KtFailure> {
+    if lock(&inner.kt.proven).get(id) == Some(claimed) {
+        return Ok(());
+    }
+    if !*inner.connected.borrow() {
+        // The session may be coming back (after a directory restart): wait a little.
+        let mut rx = inner.connected.subscribe();
+        let _ = tokio::time::timeout(RECONNECT_WAIT, rx.wait_for(|up| *up)).await;
+    }
+    let proven = match prove(inner, id).await {
+        Ok(k) => k,
+        Err(KtFailure::Unavailable(m)) => {
+            // The directory cannot be asked. A pin that the log proved may be used; anything
+            // else waits for the directory.
+            let pinned = inner
+                .lock()
+                .pins
+                .get(id)
+                .filter(|p| p.proven)
+                .map(|p| p.identity_key);
+            if pinned == Some(*claimed) {
+                debug!(peer = %id, "directory unavailable; using the pinned (proven) key");
+                return Ok(());
+            }
+            return Err(KtFailure::Unavailable(m));
+        }
+        Err(f) => return Err(alarm(inner, f)),
+    };
+    if proven == *claimed {
+        // A pin made on acceptance is now proven too.
+        let mut st = inner.lock();
+        if let Some(pin) = st.pins.get_mut(id)
+            && pin.identity_key == proven
+            && !pin.proven
+        {
+            pin.proven = true;
+            if let Err(e) = inner.home.save_pins(&st.pins) {
+                warn!("cannot save pinned keys: {e}");
+            }
+        }
+    }
+    if proven != *claimed {
+        return Err(alarm(
+            inner,
+            KtFailure::KeyMismatch {
+                identifier: id.clone(),
+                claimed: claimed.fingerprint().to_string(),
+                proven: proven.fingerprint().to_string(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Compares a peer's checkpoint with ours: the same epoch must have the same root, and the
+/// directory must show us the peer's checkpoint in our own log.
+pub(crate) async fn compare_with_peer(
+    inner: &Inner,
+    peer: &Identifier,
+    theirs: &Checkpoint,
+) -> Result<(), KtFailure> {
+    let mut guard = inner.kt.state.lock().await;
+    // Nothing pinned yet: pin the log now, so that there is something to compare with.
+    let st = state(inner, &mut guard).await?;
+    if theirs.verify(&st.keys.signing_key).is_err() {
+        // Another directory, or a forged checkpoint: not comparable; say so.
+        return Err(alarm(
+            inner,
+            KtFailure::SplitView {
+                peer: peer.clone(),
+                epoch: theirs.epoch,
+            },
+        ));
+    }
+    let split = || KtFailure::SplitView {
+        peer: peer.clone(),
+        epoch: theirs.epoch,
+    };
+    if let Some(root) = st.roots.get(&theirs.epoch) {
+        if *root != theirs.root_hash {
+            return Err(alarm(inner, split()));
+        }
+        return Ok(());
+    }
+    if theirs.epoch == st.checkpoint.epoch {
+        return if *theirs == st.checkpoint {
+            Ok(())
+        } else {
+            Err(alarm(inner, split()))
+        };
+    }
+    if theirs.epoch > st.checkpoint.epoch {
+        // Our directory must lead us to their checkpoint.
+        return match accept(inner, st, *theirs).await {
+            Ok(()) => Ok(()),
+            Err(KtFailure::Unavailable(m)) => Err(KtFailure::Unavailable(m)),
+            Err(_) => Err(alarm(inner, split())),
+        };
+    }
+    // Older than ours and not remembered: ask our directory for that epoch.
+    let reply = ask(
+        inner,
+        Request::KtAudit {
+            from: theirs.epoch,
+            to: theirs.epoch,
+        },
+    )
+    .await?;
+    match reply {
+        Reply::KtAudit { audit } if audit.checkpoints.first() == Some(theirs) => Ok(()),
+        Reply::KtAudit { .. } => Err(alarm(inner, split())),
+        _ => Err(KtFailure::Unavailable("unexpected answer".into())),
+    }
+}
+
+/// Verifies our own identifier's key history; alarms on versions we did not make.
+pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
+    let mut guard = inner.kt.state.lock().await;
+    let st = state(inner, &mut guard).await?;
+    let me = inner.identifier.clone();
+    let history = match ask(
+        inner,
+        Request::KtHistory {
+            identifier: me.clone(),
+        },
+    )
+    .await
+    {
+        Ok(Reply::KtHistory { history }) => history,
+        Ok(_) => return Err(KtFailure::Unavailable("unexpected answer".into())),
+        Err(KtFailure::Unavailable(m)) => return Err(KtFailure::Unavailable(m)),
+        Err(e) => return Err(e),
+    };
+    accept(inner, st, history.checkpoint)
+        .await
+        .map_err(|f| alarm(inner, f))?;
+    let bad = |reason: String| KtFailure::BadProof {
+        what: "key history",
+        reason,
+    };
+    let proof = serde_json::from_value(history.proof).map_err(|e| bad(e.to_string()))?;
+    let results = guarded(|| {
+        akd::verify::key_history_verify::<KtConfiguration>(
+            &st.keys.vrf_public_key.0,
+            history.checkpoint.root_hash.0,
+            history.checkpoint.epoch,
+            AkdLabel::from(me.as_str()),
+            proof,
+            HistoryVerificationParams::default(),
+        )
+    })
+    .map_err(|e| alarm(inner, bad(e)))?;
+    drop(guard);
+    // Newest first. Versions before our own key's newest version are from before we
+    // registered (the registration said it replaced them); every later one is foreign.
+    let mine = results
+        .iter()
+        .position(|r| kt_value_key(&r.value.0) == Some(inner.identity_key));
+    let foreign = match mine {
+        Some(i) => &results[..i],
+        None => &results[..],
+    };
+    for r in foreign {
+        let fp = kt_value_key(&r.value.0)
+            .map_or_else(|| "unreadable".to_owned(), |k| k.fingerprint().to_string());
+        let message = format!(
+            "WARNING: the directory bound a key that is not yours to {me} (version {}, epoch {}, fingerprint {fp}); \
+             someone may be receiving your messages. Contact your directory's operator and tell your contacts",
+            r.version, r.epoch
+        );
+        if lock(&inner.kt.alarmed).insert(message.clone()) {
+            warn!(
+                version = r.version,
+                epoch = r.epoch,
+                "key transparency: own key replaced"
+            );
+            inner.emit(Event::Transparency {
+                kind: "own-key-replaced",
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Watches our own binding: at every login and every `interval` while connected.
+pub(crate) async fn monitor_loop(inner: Arc<Inner>, interval: Duration) {
+    let mut connected = inner.connected.subscribe();
+    loop {
+        if *connected.borrow_and_update() {
+            match monitor_own(&inner).await {
+                Ok(()) => {}
+                Err(KtFailure::Unavailable(m)) => debug!("own-key monitor: {m}"),
+                Err(f) => debug!("own-key monitor alarmed: {f}"),
+            }
+        }
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            r = connected.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialtone_proto::transparency::Checkpoint;
+    use ed25519_dalek::SigningKey;
+
+    fn keys(signer: &SigningKey) -> KtKeys {
+        KtKeys {
+            signing_key: IdentityKey::from_signing_key(signer),
+            vrf_public_key: Hash32([0; 32]),
+            configuration: "akd-experimental/dialtone-kt/v1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn audits_that_do_not_extend_the_held_checkpoint_are_refused() {
+        let dir = SigningKey::from_bytes(&[1; 32]);
+        let k = keys(&dir);
+        let c0 = Checkpoint::sign(&dir, 0, Hash32([0; 32]), Hash32::default());
+        let c1 = Checkpoint::sign(&dir, 1, Hash32([1; 32]), c0.hash());
+        // Starts elsewhere: a fork.
+        let other0 = Checkpoint::sign(&dir, 0, Hash32([9; 32]), Hash32::default());
+        let a = KtAudit {
+            checkpoints: vec![other0, c1],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::Fork { .. })
+        ));
+        // A link signed by someone else.
+        let mallory = SigningKey::from_bytes(&[2; 32]);
+        let forged = Checkpoint::sign(&mallory, 1, Hash32([1; 32]), c0.hash());
+        let a = KtAudit {
+            checkpoints: vec![c0, forged],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::BadSignature)
+        ));
+        // A link that does not name its predecessor.
+        let unchained = Checkpoint::sign(&dir, 1, Hash32([1; 32]), Hash32([7; 32]));
+        let a = KtAudit {
+            checkpoints: vec![c0, unchained],
+            proof: serde_json::Value::Null,
+        };
+        assert!(matches!(
+            check_audit(&k, &c0, a).await,
+            Err(KtFailure::Fork { epoch: 1 })
+        ));
+        // A good chain with garbage or empty proofs: a failed proof, never a panic.
+        for proof in [
+            serde_json::Value::Null,
+            serde_json::json!({"epochs": [], "proofs": []}),
+            serde_json::json!({"epochs": [0], "proofs": [{"inserted": [], "unchanged_nodes": []}]}),
+            serde_json::json!("garbage"),
+        ] {
+            let a = KtAudit {
+                checkpoints: vec![c0, c1],
+                proof,
+            };
+            assert!(matches!(
+                check_audit(&k, &c0, a).await,
+                Err(KtFailure::BadProof { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn verifier_panics_are_failed_proofs() {
+        let r: Result<(), String> = guarded(|| -> Result<(), String> { panic!("bad input") });
+        assert_eq!(r, Err("malformed proof".into()));
+    }
+}
