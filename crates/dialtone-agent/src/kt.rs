@@ -415,12 +415,21 @@ pub(crate) async fn ensure(
     if lock(&inner.kt.proven).get(id) == Some(claimed) {
         return Ok(());
     }
-    if !*inner.connected.borrow() {
-        // The session may be coming back (after a directory restart): wait a little.
+    let lan_only = inner.lan.is_some() && !*inner.connected.borrow();
+    if !*inner.connected.borrow() && !lan_only {
+        // The session may be coming back (after a directory restart): wait a little. In LAN
+        // mode the directory is expected to be away: the proven pin decides at once.
         let mut rx = inner.connected.subscribe();
         let _ = tokio::time::timeout(RECONNECT_WAIT, rx.wait_for(|up| *up)).await;
     }
-    let proven = match prove(inner, id).await {
+    let asked = if lan_only {
+        Err(KtFailure::Unavailable(
+            "the directory cannot be reached (LAN mode)".into(),
+        ))
+    } else {
+        prove(inner, id).await
+    };
+    let proven = match asked {
         Ok(k) => k,
         Err(KtFailure::Unavailable(m)) => {
             // The directory cannot be asked. A pin that the log proved may be used; anything
@@ -501,6 +510,13 @@ pub(crate) async fn compare_with_peer(
         } else {
             Err(alarm(inner, split()))
         };
+    }
+    if inner.lan.is_some() && !*inner.connected.borrow() {
+        // LAN mode without the directory: what can be compared locally was; the rest waits
+        // for the directory (not an attack, not a reason to refuse).
+        return Err(KtFailure::Unavailable(
+            "the directory cannot be reached to compare logs (LAN mode)".into(),
+        ));
     }
     if theirs.epoch > st.checkpoint.epoch {
         // Our directory must lead us to their checkpoint.

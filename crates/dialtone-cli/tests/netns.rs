@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use dialtone_testkit::netns::{BOB, Scene, run_scenario, skip_if_unavailable, topology};
+use dialtone_testkit::netns::{ALICE, BOB, Scene, run_scenario, skip_if_unavailable, topology};
 
 fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bool) {
     if skip_if_unavailable(name) {
@@ -146,6 +146,10 @@ fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
         return;
     }
     let mut scene = Scene::start(topology("same_lan"), &[]);
+    // They talked before: each has proven the other's key in the transparency log, which is
+    // what LAN mode trusts while the directory cannot be asked.
+    scene.alice.run(&["send", BOB, "before"]).ok();
+    scene.bob.run(&["send", ALICE, "before"]).ok();
     // The directory goes away; both agents restart in LAN mode with nothing cached.
     scene.directory.kill();
     for p in [&scene.alice, &scene.bob] {

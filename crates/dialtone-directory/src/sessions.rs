@@ -197,15 +197,22 @@ impl Sessions {
 
     /// Tells the accepted contacts of `subject` its presence now.
     async fn fan_out(&self, st: &AppState, account: &Account) {
+        // The binding as stored now (it may have changed since the session began), with the
+        // watchers, in one store call.
         let s2 = account.identifier.clone();
-        let Ok(watchers) = st.store.run(move |c| q::accepted_of(c, &s2)).await else {
+        let Ok(Some((account, watchers))) = st
+            .store
+            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
+            .await
+        else {
             return;
         };
+        let Ok(watchers) = watchers else { return };
         if watchers.is_empty() {
             return;
         }
         let frame = ServerFrame::Presence {
-            contact: self.entry(account, Relation::Accepted),
+            contact: self.entry(&account, Relation::Accepted),
         };
         if let Some(text) = encode(&frame) {
             self.push_encoded(&watchers, &text);
