@@ -398,7 +398,7 @@ pub(crate) async fn upgrade(
             // needs (see `run_session`), not the upgrade's arguments as well.
             let tasks = st.sessions.tasks.clone();
             let (sink, stream) = socket.split();
-            tasks.track_future(Box::pin(run_session(st, sink, stream, start)))
+            tasks.track_future(Box::pin(run_session(open_session(st, sink, stream, start))))
         }))
 }
 
@@ -417,10 +417,21 @@ struct Ctx {
     limiter: TokenBucket,
 }
 
-/// One device's session, from the upgrade to the close. Every session of the directory is one
-/// of these futures, so it is kept small: large values are never held across an await
-/// (frames are encoded before they are sent), and the rare large steps are boxed.
-async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, start: Box<Start>) {
+/// What a live session holds, in one allocation: the session future then carries a pointer
+/// instead of its arguments (an async fn keeps its arguments twice) and the account.
+struct Live {
+    st: Arc<AppState>,
+    sink: Sink,
+    stream: Stream,
+    ctx: Ctx,
+    queue: Arc<PushQueue>,
+    kill: CancellationToken,
+    /// The Welcome frame, encoded; taken when it is sent.
+    welcome: Option<Utf8Bytes>,
+}
+
+/// Registers a new session (replacing an older one of the same device) and prepares it.
+fn open_session(st: Arc<AppState>, sink: Sink, stream: Stream, start: Box<Start>) -> Box<Live> {
     let Start { account, cert } = *start;
     let queue = Arc::new(PushQueue::default());
     // Cancelled by shutdown too: one token to wait on instead of two.
@@ -454,89 +465,104 @@ async fn run_session(st: Arc<AppState>, mut sink: Sink, mut stream: Stream, star
         list.push(session);
     }
     debug!(session = id, "session opened");
-    let mut ctx = Ctx {
+    let welcome = encode(&ServerFrame::Welcome {
+        identifier: account.identifier.clone(),
+        identity_key: account.identity_key,
+        device_id: device,
+        heartbeat_secs: st.config.session.heartbeat.as_secs().max(1),
+    });
+    let ctx = Ctx {
         account,
         session: id,
         limiter: TokenBucket::new(st.config.limits.session_requests.rule()),
     };
-    let heartbeat = st.config.session.heartbeat;
-    let welcome = ServerFrame::Welcome {
-        identifier: ctx.account.identifier.clone(),
-        identity_key: ctx.account.identity_key,
-        device_id: device,
-        heartbeat_secs: heartbeat.as_secs().max(1),
-    };
+    Box::new(Live {
+        st,
+        sink,
+        stream,
+        ctx,
+        queue,
+        kill,
+        welcome,
+    })
+}
+
+/// One device's session, from the upgrade to the close. Every session of the directory is one
+/// of these futures, so it is kept small: its state lives in [`Live`], large values are never
+/// held across an await (frames are encoded before they are sent), and the rare large steps
+/// are boxed.
+async fn run_session(mut live: Box<Live>) {
+    let s = &mut *live;
     // A peer that stops reading must not hold the session (and its presence) open through a
     // blocked write: a send that takes longer than the session timeout ends the session.
-    let limit_send = st.config.session.timeout;
-    let text = encode(&welcome);
-    drop(welcome);
-    let mut ok = send(&mut sink, limit_send, text).await;
-    let mut ping = tokio::time::interval(heartbeat);
+    let limit_send = s.st.config.session.timeout;
+    let mut ok = send(&mut s.sink, limit_send, s.welcome.take()).await;
+    let mut ping = tokio::time::interval(s.st.config.session.heartbeat);
     let mut last_heard = Instant::now();
     while ok {
         // Checked on every turn, so a steady stream of pushes cannot starve the check.
-        if last_heard.elapsed() > st.config.session.timeout {
-            debug!(session = id, "session timed out");
+        if last_heard.elapsed() > s.st.config.session.timeout {
+            debug!(session = s.ctx.session, "session timed out");
             break;
         }
         tokio::select! {
             biased;
-            _ = kill.cancelled() => break,
-            msg = stream.next() => {
+            _ = s.kill.cancelled() => break,
+            msg = s.stream.next() => {
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(t))) => {
                         // Boxed: the request handling is the bulk of this future, and an
                         // idle session should not carry its space.
-                        let text = encode(&Box::pin(handle_text(&st, &mut ctx, t.as_str())).await);
-                        ok = send(&mut sink, limit_send, text).await;
+                        let text = encode(&Box::pin(handle_text(&s.st, &mut s.ctx, t.as_str())).await);
+                        ok = send(&mut s.sink, limit_send, text).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
                         let text = encode(&ServerFrame::Error { id: 0, error: e });
-                        ok = send(&mut sink, limit_send, text).await;
+                        ok = send(&mut s.sink, limit_send, text).await;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 }
             }
-            () = queue.ready.notified() => {
+            () = s.queue.ready.notified() => {
                 // A bounded batch per turn, so requests and the timeout check are not starved
                 // by a steady stream of pushes; a wake-up is left for the rest.
                 for _ in 0..32 {
-                    let Some(text) = queue.take() else { break };
-                    ok = send_message(&mut sink, limit_send, Message::Text(text)).await;
+                    let Some(text) = s.queue.take() else { break };
+                    ok = send_message(&mut s.sink, limit_send, Message::Text(text)).await;
                     if !ok {
                         break;
                     }
                 }
-                if !queue.frames().is_empty() {
-                    queue.ready.notify_one();
+                if !s.queue.frames().is_empty() {
+                    s.queue.ready.notify_one();
                 }
             }
             _ = ping.tick() => {
-                ok = send_message(&mut sink, limit_send, Message::Ping(Vec::new().into())).await;
+                ok = send_message(&mut s.sink, limit_send, Message::Ping(Vec::new().into())).await;
             }
         }
     }
-    let _ = send_message(&mut sink, Duration::from_secs(1), Message::Close(None)).await;
+    let _ = send_message(&mut s.sink, Duration::from_secs(1), Message::Close(None)).await;
+    let id = s.ctx.session;
     let removed = {
-        let mut map = st.sessions.lock();
+        let mut map = s.st.sessions.lock();
         let mut removed = false;
-        if let Some(list) = map.get_mut(&ctx.account.identifier) {
+        if let Some(list) = map.get_mut(&s.ctx.account.identifier) {
             let before = list.len();
             list.retain(|d| d.id != id);
             removed = list.len() != before;
             if list.is_empty() {
-                map.remove(&ctx.account.identifier);
+                map.remove(&s.ctx.account.identifier);
             }
         }
         removed
     };
     debug!(session = id, "session closed");
     if removed {
-        Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
+        Box::pin(s.st.sessions.fan_out(&s.st, &s.ctx.account)).await;
     }
 }
 
