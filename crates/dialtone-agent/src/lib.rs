@@ -943,22 +943,34 @@ impl AgentHandle {
                      `dialtone contacts verify {who}`, then confirm with --confirm"
                 )));
             }
-            st.pins.insert(
-                who.clone(),
-                Pin {
-                    identity_key: contact.identity_key,
-                    pinned_at: now_secs(),
-                    verified: false,
-                    proven: true,
-                },
-            );
-            self.inner
-                .home
-                .save_pins(&st.pins)
-                .map_err(|e| SendError::Invalid(e.to_string()))?;
+            self.pin_proven(&mut st, &who, contact.identity_key, false)?;
         }
         self.reconfirm(&who, &contact).await?;
         Ok(contact.identity_key.fingerprint().to_string())
+    }
+
+    /// Pins `key` for `who` as proven by the transparency log (and `verified` after a
+    /// safety-number check), and saves the pins.
+    fn pin_proven(
+        &self,
+        st: &mut State,
+        who: &Identifier,
+        key: IdentityKey,
+        verified: bool,
+    ) -> Result<(), SendError> {
+        st.pins.insert(
+            who.clone(),
+            Pin {
+                identity_key: key,
+                pinned_at: now_secs(),
+                verified,
+                proven: true,
+            },
+        );
+        self.inner
+            .home
+            .save_pins(&st.pins)
+            .map_err(|e| SendError::Invalid(e.to_string()))
     }
 
     /// After a contact's key changed, the directory shows them our presence again only once
@@ -985,22 +997,7 @@ impl AgentHandle {
             (&who, &contact.identity_key),
         );
         if confirm {
-            {
-                let mut st = self.inner.lock();
-                st.pins.insert(
-                    who.clone(),
-                    Pin {
-                        identity_key: contact.identity_key,
-                        pinned_at: now_secs(),
-                        verified: true,
-                        proven: true,
-                    },
-                );
-                self.inner
-                    .home
-                    .save_pins(&st.pins)
-                    .map_err(|e| SendError::Invalid(e.to_string()))?;
-            }
+            self.pin_proven(&mut self.inner.lock(), &who, contact.identity_key, true)?;
             self.reconfirm(&who, &contact).await?;
         }
         let st = self.inner.lock();
