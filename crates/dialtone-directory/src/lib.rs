@@ -34,6 +34,7 @@ pub mod malicious;
 pub mod provision;
 mod sessions;
 mod store;
+mod ws;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -290,6 +291,7 @@ impl Server {
         }
         self.cancel.cancel();
         self.state.sessions.shutdown.cancel();
+        self.state.sessions.kill_all();
         let _ = self.task.await;
         let tasks = &self.state.sessions.tasks;
         tasks.close();
