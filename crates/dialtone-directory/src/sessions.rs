@@ -452,6 +452,9 @@ struct Live {
 /// pushes, ping, close) is one boxed [`step`] that owns the state until it hands it back; the
 /// step's space is needed only while it runs. One task reads and writes the WebSocket: there
 /// is no split, and no buffer is kept while the session waits (see [`crate::ws`]).
+// `Idle` is the large variant on purpose: it is where a session spends its life, and boxing it
+// would cost every session one more allocation.
+#[allow(clippy::large_enum_variant)]
 enum Session {
     /// The 101 answer is on its way; the connection is handed over after it.
     Upgrading {
