@@ -705,11 +705,17 @@ async fn close(mut live: Live, code: Option<u16>) -> Option<Live> {
         removed
     };
     debug!(session = id, "session closed");
+    let Live {
+        st, ctx, mut conn, ..
+    } = s;
     if removed {
-        // Without the connection: the socket closes now, not after the fan-out.
-        let Live { st, ctx, conn, .. } = s;
-        drop(conn);
         Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
+    }
+    // Then wait (briefly) for the other end to close, so that the close frame is not lost to
+    // a reset; not when the directory stops. Boxed: rare, and its read buffer should not weigh
+    // on every step.
+    if !st.sessions.shutdown.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(conn.finish())).await;
     }
     None
 }
