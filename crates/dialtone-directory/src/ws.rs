@@ -585,9 +585,7 @@ mod tests {
         ws.send_close(Some(1000)).await.unwrap();
         drop(ws);
         let mut out = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
-            .await
-            .unwrap();
+        client.read_to_end(&mut out).await.unwrap();
         let mut want = vec![0x81, 2, b'h', b'i', 0x81, 126, 0, 200];
         want.extend_from_slice(&[b'z'; 200]);
         want.extend_from_slice(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
