@@ -10,13 +10,20 @@
 //! Needs root: run in their own nextest test group (`.config/nextest.toml`, one at a time);
 //! without root or `ip netns`, every test here prints SKIPPED and passes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dialtone_testkit::netns::{ALICE, BOB, Scene, run_scenario, skip_if_unavailable, topology};
+use dialtone_testkit::netns::{
+    ALICE, BOB, Outcome, Scene, run_scenario, skip_if_unavailable, topology,
+};
 
-fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bool) {
+fn matrix(
+    name: &str,
+    doctor_v4: Option<&str>,
+    doctor_v6: Option<&str>,
+    ipv6: bool,
+) -> Option<Outcome> {
     if skip_if_unavailable(name) {
-        return;
+        return None;
     }
     let topo = topology(name);
     let o = run_scenario(topo, 1);
@@ -43,6 +50,20 @@ fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bo
     if let Some(nat) = doctor_v6 {
         assert_eq!(d["v6"]["nat"], nat, "doctor IPv6 NAT: {d}");
     }
+    Some(o)
+}
+
+/// With a direct path over each family, the connection ends on IPv6 (DESIGN.md §1.5), whichever
+/// family hole punching opened first.
+fn assert_ipv6(o: Option<Outcome>) {
+    if let Some(o) = o {
+        assert!(
+            o.remote.starts_with('['),
+            "{}: expected the direct path over IPv6, got {}",
+            o.name,
+            o.remote
+        );
+    }
 }
 
 #[test]
@@ -52,7 +73,7 @@ fn netns_same_lan() {
 
 #[test]
 fn netns_public_ipv6() {
-    matrix("public_ipv6", None, Some("none"), true);
+    assert_ipv6(matrix("public_ipv6", None, Some("none"), true));
 }
 
 #[test]
@@ -62,7 +83,7 @@ fn netns_ipv6_only() {
 
 #[test]
 fn netns_dual_stack() {
-    matrix("dual_stack", Some("none"), None, true);
+    assert_ipv6(matrix("dual_stack", Some("none"), None, true));
 }
 
 #[test]
