@@ -335,6 +335,9 @@ pub struct ConnectionView {
     pub identifier: Identifier,
     /// Their device.
     pub device: DeviceId,
+    /// Names this connection while the agent runs: a new connection to the same device gets
+    /// another number (so a path change can be told from a reconnection).
+    pub conn_id: u64,
     /// Direct or relayed, the remote address and the round-trip time.
     #[serde(flatten)]
     pub path: dialtone_net::PathInfo,
@@ -799,6 +802,7 @@ impl AgentHandle {
             .map(|(device, pc)| ConnectionView {
                 identifier: pc.identifier.clone(),
                 device: *device,
+                conn_id: pc.conn.stable_id() as u64,
                 path: dialtone_net::selected_path(&pc.conn),
                 idle_secs: pc.last_used.elapsed().as_secs(),
             })

@@ -56,6 +56,14 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     let Some(remote) = dialtone_net::remote_device(&conn) else {
         return dialtone_net::close(&conn, CloseCode::BadCertificate);
     };
+    // --direct-only: not a byte of ours over the relay, not even the hello. (Stopping a bit
+    // before the dialer's own deadline, so that it learns why.)
+    if inner.config.direct_only
+        && !dialtone_net::wait_direct(&conn, inner.config.connect_timeout * 3 / 4).await
+    {
+        debug!(peer = %remote.short(), "no direct path (direct-only): closing");
+        return dialtone_net::close(&conn, CloseCode::NoDirectPath);
+    }
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
         let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
@@ -458,9 +466,9 @@ pub(crate) async fn send_text(
         return Err(SendError::Refused {
             refusal: worst,
             message: format!(
-                "no direct path to {to} came up, and this agent runs with --direct-only, which \
-                 refuses relayed paths; nothing was sent and nothing is kept. Start the agent \
-                 without --direct-only to allow the relay"
+                "no direct path to {to} (direct-only): none came up, and this agent runs with \
+                 --direct-only, which sends nothing over the relay; nothing was sent and nothing \
+                 is kept. Start the agent without --direct-only to allow the relay"
             ),
         });
     }
@@ -595,6 +603,7 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
         CloseCode::KeyChanged => Refusal::PeerRefused,
         CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
+        CloseCode::NoDirectPath => Refusal::Unreachable,
         _ => Refusal::PeerRefused,
     })
 }
@@ -620,6 +629,18 @@ async fn connection(
             debug!(peer = %device.short(), "connect failed: {e}");
             Refusal::Unreachable
         })?;
+    // --direct-only: wait for a direct path before the first stream, so that no hello and no
+    // message crosses the relay (only iroh's QUIC handshake and hole-punching frames do).
+    if inner.config.direct_only {
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if !dialtone_net::wait_direct(&conn, left).await {
+            debug!(peer = %device.short(), "no direct path (direct-only)");
+            dialtone_net::close(&conn, CloseCode::NoDirectPath);
+            return Err(Refusal::Unreachable);
+        }
+    }
     let remaining = timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));

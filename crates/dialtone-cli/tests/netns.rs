@@ -143,19 +143,139 @@ fn netns_relay_keeps_nothing_for_a_peer_that_left() {
     });
 }
 
+/// Relayed → direct: UDP between the two sides is blocked, so the first message goes over the
+/// relay; once the block lifts, iroh's next hole-punching round moves *the same connection* to
+/// a direct path, and both `status --connections` and a `path` event show it. (iroh retries
+/// hole punching on a connection that only the relay carries about once a minute, hence the
+/// generous deadline; messages sent meanwhile keep the connection in use.)
+#[test]
+fn netns_relayed_connection_moves_to_direct() {
+    if skip_if_unavailable("netns_relayed_connection_moves_to_direct") {
+        return;
+    }
+    let scene = Scene::start(topology("eim_nat_both"), &[]);
+    scene.net.block_direct();
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+    scene.alice.run(&["send", BOB, "over the relay"]).ok();
+    bob_events.expect("the relayed message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "over the relay"
+    });
+    let relayed = scene.wait_path("relayed", Duration::from_secs(10));
+    let conn_id = relayed["conn_id"].clone();
+    assert!(conn_id.is_u64(), "{relayed}");
+    // While blocked, hole punching fails: still relayed after its first round.
+    std::thread::sleep(Duration::from_secs(3));
+    let still = scene.path().expect("the relayed connection closed");
+    assert_eq!(still["path"], "relayed", "{still}");
+
+    scene.net.allow_direct();
+    let lifted = Instant::now();
+    let deadline = Duration::from_secs(100);
+    let mut last_send = Instant::now();
+    let mut sent = 0;
+    let direct = loop {
+        let now = scene
+            .path()
+            .expect("the connection closed while waiting for a direct path");
+        assert_eq!(
+            now["conn_id"], conn_id,
+            "a new connection instead of a path change: {now}"
+        );
+        if now["path"] == "direct" {
+            break now;
+        }
+        assert!(
+            lifted.elapsed() < deadline,
+            "still {} {:?} after the block lifted; the status never showed a direct path",
+            now["path"],
+            lifted.elapsed()
+        );
+        // Keep the connection in use (idle connections close after 60 s), and check that
+        // messages keep flowing over the relay meanwhile.
+        if last_send.elapsed() >= Duration::from_secs(10) {
+            sent += 1;
+            scene
+                .alice
+                .run(&["send", BOB, &format!("still relayed {sent}")])
+                .ok();
+            last_send = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "relayed -> direct {:?} after the block lifted: {direct}",
+        lifted.elapsed()
+    );
+    assert!(
+        direct["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("203.0.113.")),
+        "{direct}"
+    );
+    alice_events.expect("a path event to direct", Duration::from_secs(5), |e| {
+        e["event"] == "path" && e["identifier"] == BOB && e["path"] == "direct"
+    });
+    scene.alice.run(&["send", BOB, "now direct"]).ok();
+    bob_events.expect("the direct message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "now direct"
+    });
+    assert_eq!(scene.path().expect("connection")["conn_id"], conn_id);
+}
+
 /// With `--direct-only`, a topology where only the relay can carry data refuses the message
-/// with an explanation instead of using the relay.
+/// with a clear error, and nothing of Dialtone's crosses the relay: alice opens no stream until
+/// a direct path exists, so bob never even sees her hello (no connection registered on his
+/// side). The other way round, alice answers nothing to bob's hello, and bob's message is
+/// refused too. (The QUIC handshake and iroh's hole-punching frames still cross the relay:
+/// they are how a direct path is found.)
 #[test]
 fn netns_direct_only_refuses_a_relayed_path() {
     if skip_if_unavailable("netns_direct_only_refuses_a_relayed_path") {
         return;
     }
-    let scene = Scene::start(topology("symmetric_nat_one"), &["--direct-only"]);
+    let scene = Scene::start(topology("symmetric_nat_one"), &[]);
+    scene.alice.down();
+    scene
+        .alice
+        .run(&["up", "--detach", "--no-portmapper", "--direct-only"])
+        .ok();
     let st = scene.alice.run(&["status", "--json"]).ok().json();
     assert_eq!(st["direct_only"], true, "{st}");
+    dialtone_testkit::wait_until(Duration::from_secs(15), "alice online for bob", || {
+        scene.bob.state_of(ALICE).as_deref() == Some("online")
+    });
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+
     let r = scene.alice.run(&["send", BOB, "only if direct"]);
-    r.fails_with(11, "--direct-only");
+    r.fails_with(11, "no direct path to bob@example.com (direct-only)");
     assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+    let bob_conns = scene
+        .bob
+        .run(&["status", "--connections", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        bob_conns,
+        serde_json::json!([]),
+        "bob saw a hello: {bob_conns}"
+    );
+
+    let r = scene
+        .bob
+        .run(&["send", ALICE, "relayed to a direct-only agent"]);
+    r.fails_with(11, "could not be reached");
+    assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+
+    let never = |e: &serde_json::Value| e["event"] == "message";
+    alice_events.expect_none("a message at alice", Duration::from_secs(1), never);
+    bob_events.expect_none("a message at bob", Duration::from_secs(1), never);
+    assert!(
+        scene.path().is_none(),
+        "alice kept a connection: {:?}",
+        scene.path()
+    );
 }
 
 /// LAN mode: two agents on one LAN that became contacts earlier find each other with mDNS

@@ -406,6 +406,7 @@ fn code_reason(code: dialtone_proto::wire::CloseCode) -> &'static str {
         UnsupportedVersion => "unsupported version",
         Idle => "idle",
         Shutdown => "shutdown",
+        NoDirectPath => "no direct path (direct-only)",
         _ => "closed",
     }
 }

@@ -121,6 +121,9 @@ pub enum CloseCode {
     SplitView,
     /// The peer's identity key could not be proven in the directory's transparency log.
     Unproven,
+    /// This side runs `--direct-only` and no direct path came up: it exchanges nothing over
+    /// the relay.
+    NoDirectPath,
 }
 
 impl CloseCode {
@@ -136,6 +139,7 @@ impl CloseCode {
             Self::UnsupportedVersion => 14,
             Self::SplitView => 15,
             Self::Unproven => 16,
+            Self::NoDirectPath => 17,
         }
     }
 
@@ -151,6 +155,7 @@ impl CloseCode {
             Self::UnsupportedVersion,
             Self::SplitView,
             Self::Unproven,
+            Self::NoDirectPath,
         ]
         .into_iter()
         .find(|c| u64::from(c.code()) == code)
