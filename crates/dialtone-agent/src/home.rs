@@ -119,6 +119,11 @@ pub struct Pin {
     /// used while the directory cannot be asked.
     #[serde(default)]
     pub proven: bool,
+    /// The directory last said this person is not an accepted contact (removed, blocked, or
+    /// only asked): LAN mode, which trusts pins while the directory is away, neither reaches
+    /// nor accepts them. Cleared when they are accepted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_a_contact: bool,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -612,6 +612,22 @@ impl Inner {
         if let Reply::Contacts { contacts } = reply {
             let known: HashSet<Identifier> =
                 contacts.iter().map(|c| c.identifier.clone()).collect();
+            {
+                // The full list: a pinned person missing from it, or not accepted in it, was
+                // removed or blocked (perhaps while this agent was off). LAN mode must know.
+                let mut st = self.lock();
+                let mut changed = false;
+                for (id, pin) in st.pins.iter_mut() {
+                    let not_a_contact = !contacts
+                        .iter()
+                        .any(|c| c.identifier == *id && c.relation == Relation::Accepted);
+                    changed |= pin.not_a_contact != not_a_contact;
+                    pin.not_a_contact = not_a_contact;
+                }
+                if changed && let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
+            }
             let stale: Vec<Identifier> = self
                 .lock()
                 .contacts
@@ -668,6 +684,7 @@ impl Inner {
                                 pinned_at: now_secs(),
                                 verified: false,
                                 proven: false,
+                                not_a_contact: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -703,6 +720,16 @@ impl Inner {
             if c.relation != Relation::Accepted {
                 // Removed, blocked, or only asked: they may not talk to us (any more).
                 close_connections_of(&mut st, &c.identifier);
+            }
+            let not_a_contact = c.relation != Relation::Accepted;
+            if let Some(pin) = st.pins.get_mut(&c.identifier)
+                && pin.not_a_contact != not_a_contact
+            {
+                // Remembered for LAN mode, which cannot ask the directory.
+                pin.not_a_contact = not_a_contact;
+                if let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
             }
             if c.relation == Relation::None {
                 st.contacts.remove(&c.identifier);
@@ -780,7 +807,9 @@ impl AgentHandle {
                 let contact = st
                     .pins
                     .iter()
-                    .find(|(_, pin)| lan::key_tag(&pin.identity_key) == p.key_tag)
+                    .find(|(_, pin)| {
+                        !pin.not_a_contact && lan::key_tag(&pin.identity_key) == p.key_tag
+                    })
                     .map(|(id, _)| id.clone());
                 serde_json::json!({
                     "device": p.device,
@@ -969,6 +998,7 @@ impl AgentHandle {
                 pinned_at: now_secs(),
                 verified,
                 proven: true,
+                not_a_contact: false,
             },
         );
         self.inner

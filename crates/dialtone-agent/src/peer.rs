@@ -126,8 +126,8 @@ async fn verify_hello(
             // LAN mode with the directory down: a contact whose key we pinned earlier.
             Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
                 match inner.lock().pins.get(id) {
-                    Some(pin) => pin.identity_key,
-                    None => return Err(CloseCode::NotAContact),
+                    Some(pin) if !pin.not_a_contact => pin.identity_key,
+                    _ => return Err(CloseCode::NotAContact),
                 }
             }
             _ => return Err(CloseCode::NotAContact),
@@ -172,6 +172,7 @@ async fn verify_hello(
                     pinned_at: now_secs(),
                     verified: false,
                     proven: true,
+                    not_a_contact: false,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -282,7 +283,7 @@ fn deliver(
         let accepted = match st.contacts.get(&from) {
             Some(c) => c.relation == Relation::Accepted,
             // LAN mode with the directory down: contacts pinned earlier (as the hello checked).
-            None => lan_only && st.pins.contains_key(&from),
+            None => lan_only && st.pins.get(&from).is_some_and(|p| !p.not_a_contact),
         };
         (st.presence, accepted)
     };
@@ -478,7 +479,11 @@ pub(crate) async fn send_text(
 /// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
 /// pinned for `to`. The hello still proves each device's certificate for that key.
 async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
-    let Some(pin) = inner.lock().pins.get(&to).copied() else {
+    let pin = inner.lock().pins.get(&to).copied();
+    if pin.is_some_and(|p| p.not_a_contact) {
+        return Err(SendError::refused(Refusal::NotAContact, &to));
+    }
+    let Some(pin) = pin else {
         return Err(SendError::Invalid(format!(
             "the directory is unreachable, and {to} is not a contact you have talked to before \
              (no pinned key), so they cannot be found on the LAN; try again when the directory \

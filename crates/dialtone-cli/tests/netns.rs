@@ -338,3 +338,47 @@ fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
         "avahi-browse did not resolve bob's service:\n{seen}"
     );
 }
+
+/// LAN mode trusts pinned keys while the directory is away, but only those of people who are
+/// still contacts: bob removed alice (while her agent was off, so she never heard of it); on
+/// the LAN, with the directory gone, her pin of bob still names him, but bob refuses her hello,
+/// and he does not reach her either.
+#[test]
+fn netns_lan_mode_refuses_a_removed_contact() {
+    if skip_if_unavailable("netns_lan_mode_refuses_a_removed_contact") {
+        return;
+    }
+    let mut scene = Scene::start(topology("same_lan"), &[]);
+    scene.alice.run(&["send", BOB, "before"]).ok();
+    scene.bob.run(&["send", ALICE, "before"]).ok();
+    scene.alice.down();
+    scene.bob.run(&["contacts", "remove", ALICE]).ok();
+    scene.directory.kill();
+    scene.bob.down();
+    for p in [&scene.alice, &scene.bob] {
+        p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
+    }
+    dialtone_testkit::wait_until(
+        Duration::from_secs(15),
+        "alice to see bob on the LAN",
+        || {
+            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
+            peers
+                .as_array()
+                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
+        },
+    );
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+    scene
+        .alice
+        .run(&["send", BOB, "on the LAN after removal"])
+        .fails_with(12, "not your contact");
+    scene
+        .bob
+        .run(&["send", ALICE, "to someone I removed"])
+        .fails_with(12, "not your contact");
+    let never = |e: &serde_json::Value| e["event"] == "message";
+    alice_events.expect_none("a message at alice", Duration::from_secs(1), never);
+    bob_events.expect_none("a message at bob", Duration::from_secs(1), never);
+}
