@@ -58,18 +58,26 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     };
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
-        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
-            return Err(CloseCode::Protocol);
+        let hello = match read_frame(&mut recv).await {
+            Ok(Frame::Hello(hello)) => hello,
+            // A new device of this account, linking (it is nobody's contact yet).
+            Ok(Frame::LinkRequest { offer, name, proof }) => {
+                return Ok(Err((send, recv, offer, name, proof)));
+            }
+            _ => return Err(CloseCode::Protocol),
         };
         let identifier = verify_hello(&inner, &hello, remote, None).await?;
         write_frame(&mut send, &my_hello(&inner))
             .await
             .map_err(|_| CloseCode::Protocol)?;
         let _ = send.finish();
-        Ok(identifier)
+        Ok(Ok(identifier))
     };
     match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
-        Ok(Ok(identifier)) => {
+        Ok(Ok(Err((send, recv, offer, name, proof)))) => {
+            crate::link::incoming(&inner, conn, send, recv, remote, offer, name, proof).await;
+        }
+        Ok(Ok(Ok(identifier))) => {
             debug!(peer = %remote.short(), "incoming peer connection verified");
             register(&inner, conn, remote, identifier);
         }
@@ -141,6 +149,18 @@ async fn verify_hello(
         debug!(peer = %id, "identity not proven: {f}");
         return Err(CloseCode::Unproven);
     }
+    // The device must be on the person's device list in the log (a revoked one is not).
+    match crate::kt::ensure_device(inner, id, &cert.identity_key, &remote).await {
+        Ok(()) => {}
+        Err(f @ crate::kt::KtFailure::DeviceNotListed { .. }) => {
+            warn!(peer = %id, device = %remote.short(), "refused a device that is not on the list: {f}");
+            return Err(CloseCode::DeviceRevoked);
+        }
+        Err(f) => {
+            debug!(peer = %id, "device list not proven: {f}");
+            return Err(CloseCode::Unproven);
+        }
+    }
     let mut st = inner.lock();
     match st.pins.get(id).copied() {
         Some(pin) if pin.identity_key != cert.identity_key => {
@@ -151,7 +171,11 @@ async fn verify_hello(
                     pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                     new_fingerprint: cert.identity_key.fingerprint().to_string(),
                     verified: pin.verified,
+                    reset: crate::kt::reset_kind(&pin),
                 });
+                if pin.registration_lock {
+                    crate::kt::judge_locked_change(inner, id.clone());
+                }
             }
             return Err(CloseCode::KeyChanged);
         }
@@ -164,6 +188,7 @@ async fn verify_hello(
                     pinned_at: now_secs(),
                     verified: false,
                     proven: true,
+                    registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -594,6 +619,7 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
         CloseCode::NotAContact => Refusal::NotAContact,
         CloseCode::KeyChanged => Refusal::PeerRefused,
         CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
+        CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
         _ => Refusal::PeerRefused,
     })
@@ -650,6 +676,7 @@ async fn connection(
                 CloseCode::KeyChanged => Refusal::KeyChanged,
                 CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
                 CloseCode::NotAContact => Refusal::NotAContact,
+                CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
                 _ => Refusal::PeerRefused,
             })
         }

@@ -25,8 +25,10 @@ use axum::{
 };
 use dialtone_proto::{
     DeviceCertificate, DeviceId, Identifier,
+    devices::DeviceList,
     directory::{
-        ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode, MAX_ADDRS,
+        ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode,
+        LinkOfferInfo, MAX_ADDRS, check_pin, is_link_offer,
         MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState, PresenceView, Relation, Reply,
         Request, ServerFrame,
     },
@@ -42,7 +44,7 @@ use tracing::debug;
 use crate::{
     AppState,
     http::{ApiError, ClientAddr, now_secs},
-    store::{Account, q},
+    store::{Account, LockChange, StoreError, q},
 };
 
 /// Frames queued for one device before it counts as stuck and is disconnected.
@@ -50,6 +52,11 @@ const PUSH_QUEUE: usize = 256;
 /// Outstanding session challenges at most (each about 80 bytes): beyond this, new ones are
 /// refused until old ones expire, so a flood cannot grow memory without bound.
 const MAX_CHALLENGES: usize = 100_000;
+
+/// Device-link offers open at once, at most (one per session; beyond it, refused).
+const MAX_LINK_OFFERS: usize = 10_000;
+/// How long a device-link offer stays open.
+const LINK_OFFER_TTL: Duration = Duration::from_secs(600);
 
 /// WebSocket read buffer per session. Frames are small (requests of a few hundred bytes); a
 /// larger one only grows the buffer while it is read. tungstenite's default, 128 KiB, would
@@ -118,6 +125,8 @@ fn encode(frame: &ServerFrame) -> Option<Utf8Bytes> {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
+    /// Device-link rendezvous: offer id → the offering device, its session and the expiry.
+    links: Mutex<HashMap<String, (LinkOfferInfo, u64, Instant)>>,
     challenges: Mutex<HashMap<[u8; 32], (DeviceId, Instant)>>,
     next_id: AtomicU64,
     /// Ended by shutdown: closes every session.
@@ -131,6 +140,37 @@ impl Sessions {
         self.online
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a device-link offer (each is answered once), if its session is still open.
+    pub(crate) fn take_link_offer(&self, offer: &str) -> Option<LinkOfferInfo> {
+        let (info, session, expires) = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(offer)?;
+        let live = self
+            .lock()
+            .get(&info.identifier)
+            .is_some_and(|l| l.iter().any(|d| d.id == session));
+        (live && Instant::now() < expires).then_some(info)
+    }
+
+    fn offer_link(&self, offer: String, info: LinkOfferInfo, session: u64) -> Result<(), ApiError> {
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        links.retain(|_, (_, s, exp)| *exp > now && *s != session);
+        if links.len() >= MAX_LINK_OFFERS || links.contains_key(&offer) {
+            return Err(err(
+                ErrorCode::Conflict,
+                "this link offer cannot be taken now; try again with another code",
+            ));
+        }
+        links.insert(offer, (info, session, now + LINK_OFFER_TTL));
+        Ok(())
     }
 
     /// A new one-time challenge for `device`, or `None` if [`MAX_CHALLENGES`] unexpired
@@ -373,7 +413,17 @@ pub(crate) async fn upgrade(
             "the signature does not verify",
         ));
     }
-    let found = st.store.run(move |c| q::device(c, &device)).await?;
+    let found = st
+        .store
+        .run(move |c| {
+            let found = q::device(c, &device)?;
+            if let Some((account, _)) = &found {
+                // The registration lock lapses only after a long time without a session.
+                q::seen(c, &account.identifier, now_secs())?;
+            }
+            Ok(found)
+        })
+        .await?;
     let Some((account, cert)) = found else {
         return Err(bad(
             ErrorCode::UnknownDevice,
@@ -721,6 +771,33 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             Ok(Reply::Done)
         }
+        Request::LinkOffer { offer, endpoint } => {
+            limit(ctx)?;
+            if !is_link_offer(&offer) || endpoint.addrs.len() > MAX_ADDRS {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "a link offer is 4 characters of 0-9A-Z and an endpoint",
+                ));
+            }
+            let device = st
+                .sessions
+                .lock()
+                .get(&me)
+                .and_then(|l| l.iter().find(|d| d.id == ctx.session))
+                .map(|d| d.cert.device_id)
+                .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))?;
+            let info = LinkOfferInfo {
+                identifier: me,
+                device_id: device,
+                endpoint,
+            };
+            st.sessions.offer_link(offer, info, ctx.session)?;
+            Ok(Reply::Done)
+        }
+        Request::PublishDevices { list, certs, pin } => {
+            limit(ctx)?;
+            publish_devices(st, ctx, list, certs, pin).await
+        }
         Request::Contacts => {
             limit(ctx)?;
             let m = me.clone();
@@ -902,6 +979,137 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
         }
         _ => Err(err(ErrorCode::BadRequest, "unsupported request")),
     }
+}
+
+/// [`Request::PublishDevices`]: checks the list against the account and makes it the
+/// published one; ends the sessions of devices that left it.
+async fn publish_devices(
+    st: &AppState,
+    ctx: &Ctx,
+    list: DeviceList,
+    certs: Vec<DeviceCertificate>,
+    pin: Option<String>,
+) -> Result<Reply, ApiError> {
+    let me = ctx.account.identifier.clone();
+    let bad = |m: String| err(ErrorCode::BadDeviceList, m);
+    list.verify()
+        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
+    let requester = st
+        .sessions
+        .lock()
+        .get(&me)
+        .and_then(|l| l.iter().find(|d| d.id == ctx.session))
+        .map(|d| d.cert.device_id)
+        .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))?;
+    if list.identifier != me {
+        return Err(bad(format!("the device list is for {}, not {me}", list.identifier)));
+    }
+    if !list.contains(&requester) {
+        return Err(bad(
+            "a device cannot remove itself from the list: revoke it from another device".into(),
+        ));
+    }
+    if certs.len() > dialtone_proto::devices::MAX_DEVICES {
+        return Err(bad("too many certificates".into()));
+    }
+    for c in &certs {
+        c.verify()
+            .map_err(|e| err(ErrorCode::InvalidCertificate, format!("a device certificate is invalid: {e}")))?;
+        match list.devices.iter().find(|d| d.device_id == c.device_id) {
+            Some(d) if d.name == c.name && c.identity_key == list.identity_key => {}
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidCertificate,
+                    format!("the certificate of {:?} does not match the list", c.name),
+                ));
+            }
+        }
+    }
+    let lock = match (&pin, list.registration_lock) {
+        (Some(_), false) => {
+            return Err(bad("a PIN was given but the list turns the lock off".into()));
+        }
+        (Some(p), true) => {
+            check_pin(p).map_err(bad)?;
+            let p = p.clone();
+            LockChange::Set(
+                tokio::task::spawn_blocking(move || crate::reglock::hash_pin(&p))
+                    .await
+                    .map_err(|_| ApiError::from(StoreError::Join))?,
+            )
+        }
+        (None, true) => LockChange::Keep,
+        (None, false) => LockChange::Clear,
+    };
+    let now = now_secs();
+    let m2 = me.clone();
+    let removed = st
+        .store
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let account = q::account(&tx, &m2)?
+                .ok_or_else(|| StoreError::Invalid("the account is gone".into()))?;
+            if account.identity_key != list.identity_key {
+                return Err(StoreError::Invalid(
+                    "the device list is not signed by this account's identity key".into(),
+                ));
+            }
+            let current = q::device_list(&tx, &m2)?;
+            if let Some(cur) = &current {
+                if cur.version >= list.version {
+                    return Err(StoreError::Invalid(format!(
+                        "the device list's version {} is not newer than the published {}: fetch the current list and try again",
+                        list.version, cur.version
+                    )));
+                }
+                if cur.unlocked_with_pin != list.unlocked_with_pin {
+                    return Err(StoreError::Invalid(
+                        "the list must keep how its key was bound (unlocked_with_pin)".into(),
+                    ));
+                }
+            }
+            if matches!(lock, LockChange::Keep)
+                && q::lock(&tx, &m2)?.and_then(|l| l.hash).is_none()
+            {
+                return Err(StoreError::Invalid(
+                    "turning on the registration lock needs a PIN".into(),
+                ));
+            }
+            let registered = q::devices(&tx, &m2)?;
+            let mut new_certs = Vec::new();
+            for d in &list.devices {
+                if registered.iter().any(|r| r.device_id == d.device_id) {
+                    continue;
+                }
+                let Some(cert) = certs.iter().find(|c| c.device_id == d.device_id) else {
+                    return Err(StoreError::Invalid(format!(
+                        "{:?} is new on the list but has no certificate",
+                        d.name
+                    )));
+                };
+                if q::device(&tx, &d.device_id)?.is_some() {
+                    return Err(StoreError::Invalid(format!(
+                        "{:?} is registered to another account",
+                        d.name
+                    )));
+                }
+                new_certs.push(cert.clone());
+            }
+            let removed = q::set_device_list(&tx, &m2, &list, &new_certs, lock, now)?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Invalid(m) => bad(m),
+            e => e.into(),
+        })?;
+    debug!(removed = removed.len(), "device list published");
+    st.kt.notify();
+    if !removed.is_empty() {
+        st.sessions.key_replaced(st, &me, &removed).await;
+    }
+    Ok(Reply::Done)
 }
 
 fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {

@@ -121,6 +121,9 @@ pub enum CloseCode {
     SplitView,
     /// The peer's identity key could not be proven in the directory's transparency log.
     Unproven,
+    /// The peer's device is not on its owner's device list in the transparency log (revoked,
+    /// or never linked).
+    DeviceRevoked,
 }
 
 impl CloseCode {
@@ -136,6 +139,7 @@ impl CloseCode {
             Self::UnsupportedVersion => 14,
             Self::SplitView => 15,
             Self::Unproven => 16,
+            Self::DeviceRevoked => 17,
         }
     }
 
@@ -151,6 +155,7 @@ impl CloseCode {
             Self::UnsupportedVersion,
             Self::SplitView,
             Self::Unproven,
+            Self::DeviceRevoked,
         ]
         .into_iter()
         .find(|c| u64::from(c.code()) == code)
