@@ -472,6 +472,30 @@ pub(crate) fn proven_lock(inner: &Inner, id: &Identifier, key: &IdentityKey) -> 
         .is_some_and(|l| l.registration_lock)
 }
 
+/// Tells the person, once, that this device was revoked.
+pub(crate) fn revoked(inner: &Inner) {
+    let message = format!(
+        "WARNING: this device ({}) is no longer on {}'s device list: it was revoked and can no \
+         longer connect to anyone. If that was not you, revoke the other devices from one you \
+         trust and set a registration lock; to use this device again, link it with `dialtone device link`",
+        inner.cert.name, inner.identifier
+    );
+    if lock(&inner.kt.alarmed).insert(message.clone()) {
+        warn!("this device was revoked");
+        inner.emit(Event::Transparency {
+            kind: "device-revoked",
+            message,
+        });
+    }
+}
+
+impl KtClient {
+    /// Forgets what was proven for `id` (its devices changed): the next check asks the log.
+    pub(crate) fn forget(&self, id: &Identifier) {
+        lock(&self.proven).remove(id);
+    }
+}
+
 /// How a contact's key change relates to the old key's registration lock (see
 /// [`crate::Event::KeyChanged`]).
 pub(crate) fn reset_kind(pin: &crate::home::Pin) -> &'static str {
@@ -484,18 +508,26 @@ pub(crate) fn reset_kind(pin: &crate::home::Pin) -> &'static str {
 
 /// The old key of `id` had a registration lock: proves the new binding and raises the alarm
 /// if it was not bound with the lock's PIN (the directory bypassed the lock).
-pub(crate) fn judge_locked_change(inner: &Inner, id: Identifier) {
+pub(crate) fn judge_locked_change(inner: &Inner, id: Identifier, new_key: IdentityKey) {
     let Some(inner) = inner.me.upgrade() else {
         return;
     };
     tokio::spawn(async move {
-        let proven = match prove_record(&inner, &id).await {
-            Ok(p) => p,
-            Err(f) => {
-                debug!(peer = %id, "cannot judge the key change yet: {f}");
-                return;
+        // The new binding reaches the log at the directory's next epoch: ask until the log
+        // shows the new key (a log that never does is caught by the key checks).
+        let mut proven = None;
+        for _ in 0..20 {
+            match prove_record(&inner, &id).await {
+                Ok(p) if p.key == new_key => {
+                    proven = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                Err(f) => debug!(peer = %id, "cannot judge the key change yet: {f}"),
             }
-        };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(proven) = proven else { return };
         if proven.devices.as_ref().is_some_and(|l| l.unlocked_with_pin) {
             return;
         }
@@ -752,17 +784,7 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         && let Some(list) = results.first().and_then(|r| kt_value_list(&r.value.0))
         && !list.contains(&inner.cert.device_id)
     {
-        let message = format!(
-            "this device ({}) is no longer on {me}'s device list: it was revoked and can no longer              connect to anyone. If that was not you, revoke the other devices from one you trust              and set a registration lock",
-            inner.cert.name
-        );
-        if lock(&inner.kt.alarmed).insert(message.clone()) {
-            warn!("this device was revoked");
-            inner.emit(Event::Transparency {
-                kind: "device-revoked",
-                message,
-            });
-        }
+        revoked(inner);
     }
     let foreign = match mine {
         Some(i) => &results[..i],

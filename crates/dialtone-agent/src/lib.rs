@@ -698,7 +698,7 @@ impl Inner {
                                 reset: kt::reset_kind(&pin),
                             });
                             if pin.registration_lock {
-                                kt::judge_locked_change(self, c.identifier.clone());
+                                kt::judge_locked_change(self, c.identifier.clone(), c.identity_key);
                             }
                         }
                     }
@@ -736,6 +736,10 @@ impl Inner {
                     .filter(|(d, pc)| pc.identifier == c.identifier && !online.contains(*d))
                     .map(|(d, _)| *d)
                     .collect();
+                if !gone.is_empty() {
+                    // A device that left may have been revoked: check the list afresh.
+                    self.kt.forget(&c.identifier);
+                }
                 for d in gone {
                     if let Some(pc) = st.conns.remove(&d) {
                         dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Idle);

@@ -174,7 +174,7 @@ async fn verify_hello(
                     reset: crate::kt::reset_kind(&pin),
                 });
                 if pin.registration_lock {
-                    crate::kt::judge_locked_change(inner, id.clone());
+                    crate::kt::judge_locked_change(inner, id.clone(), cert.identity_key);
                 }
             }
             return Err(CloseCode::KeyChanged);

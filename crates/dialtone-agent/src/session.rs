@@ -100,6 +100,9 @@ pub(crate) async fn run(
             }
             Err(DirectoryError::Refused { body, .. }) => {
                 warn!(error = ?body.error, "directory refused the session: {}", body.message);
+                if body.error == dialtone_proto::directory::ErrorCode::UnknownDevice {
+                    crate::kt::revoked(&inner);
+                }
             }
             Err(e) => debug!("directory session failed: {e}"),
         }

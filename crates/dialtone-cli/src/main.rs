@@ -485,7 +485,8 @@ async fn run(cli: Cli) -> Result {
                         "device": cert.device_id, "device_name": cert.name,
                         "identifier": settings.identifier, "registered": settings.registered,
                         "directory": settings.directory,
-                        "encrypted": home.identity_is_encrypted()?,
+                        "encrypted": home.identity_is_encrypted().ok(),
+                        "linked": home.is_linked(),
                     })
                 );
             } else {

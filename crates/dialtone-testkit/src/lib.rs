@@ -352,6 +352,33 @@ impl Person {
         p
     }
 
+    /// A home with no identity yet (a device about to be linked).
+    pub fn empty(identifier: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        Self {
+            identifier: identifier.to_owned(),
+            home,
+            netns: None,
+            _tmp: tmp,
+        }
+    }
+
+    /// Starts `dialtone --home H ARGS…` without waiting; its standard output is piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        command_in(self.netns.as_deref(), &bin("dialtone"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("DIALTONE_PASSPHRASE")
+            .env_remove("DIALTONE_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// A person whose commands and agent run inside network namespace `netns`.
     pub fn new_in(netns: &str, identifier: &str) -> Self {
         let mut p = Self::new(identifier);
