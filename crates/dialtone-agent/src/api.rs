@@ -358,7 +358,9 @@ async fn dispatch(
                 .await?;
             done()
         }
-        "devices.link_start" => Ok(serde_json::to_value(agent.link_start().await?).unwrap_or(Value::Null)),
+        "devices.link_start" => {
+            Ok(serde_json::to_value(agent.link_start().await?).unwrap_or(Value::Null))
+        }
         "devices.link_wait" => {
             let secs: Option<u64> = param(&params, "timeout_secs")?;
             let secs = secs.unwrap_or(crate::link::OFFER_TTL.as_secs()).min(3600);

@@ -110,7 +110,10 @@ pub(crate) struct Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("offer", &self.offer.as_ref().map(|o| o.code.offer().to_owned()))
+            .field(
+                "offer",
+                &self.offer.as_ref().map(|o| o.code.offer().to_owned()),
+            )
             .field("joined", &self.joined.as_ref().map(|j| &j.request))
             .finish()
     }
@@ -162,8 +165,7 @@ async fn step<T>(
 pub(crate) async fn incoming(
     inner: &Inner,
     conn: Connection,
-    mut send: SendStream,
-    recv: RecvStream,
+    (mut send, recv): (SendStream, RecvStream),
     remote: DeviceId,
     offer: String,
     name: String,
@@ -173,7 +175,9 @@ pub(crate) async fn incoming(
     let outcome = {
         let mut slot = inner.link.lock().await;
         match slot.offer.as_mut() {
-            None => Err("no device-link code is shown on that device now; run `dialtone device link` there first"),
+            None => Err(
+                "no device-link code is shown on that device now; run `dialtone device link` there first",
+            ),
             Some(o) if o.expires < Instant::now() => {
                 slot.offer = None;
                 Err("the device-link code expired; show a new one with `dialtone device link`")
@@ -271,7 +275,9 @@ impl AgentHandle {
     /// Waits until a new device proves the shown code.
     pub async fn link_wait(&self, timeout: Duration) -> Result<JoinRequest, LinkError> {
         let rx = self.inner.link.lock().await.waiting.take().ok_or_else(|| {
-            LinkError::NoOffer("no device-link code is shown: start with `dialtone device link`".into())
+            LinkError::NoOffer(
+                "no device-link code is shown: start with `dialtone device link`".into(),
+            )
         })?;
         let joined = match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
@@ -297,7 +303,11 @@ impl AgentHandle {
     pub async fn link_cancel(&self) {
         let slot = std::mem::take(&mut *self.inner.link.lock().await);
         if let Some(mut j) = slot.joined {
-            let _ = write_frame(&mut j.send, &refused("the link was cancelled on the other device")).await;
+            let _ = write_frame(
+                &mut j.send,
+                &refused("the link was cancelled on the other device"),
+            )
+            .await;
             let _ = j.send.finish();
         }
     }
@@ -312,9 +322,10 @@ impl AgentHandle {
         pin: Option<String>,
     ) -> Result<(), LinkError> {
         let inner = &self.inner;
-        let mut j = inner.link.lock().await.joined.take().ok_or_else(|| {
-            LinkError::NoOffer("no new device is waiting to be linked".into())
-        })?;
+        let mut j =
+            inner.link.lock().await.joined.take().ok_or_else(|| {
+                LinkError::NoOffer("no new device is waiting to be linked".into())
+            })?;
         if cert.device_id != j.request.device || !list.contains(&j.request.device) {
             let _ = write_frame(&mut j.send, &refused("the link was not completed")).await;
             return Err(LinkError::Refused(
@@ -324,7 +335,7 @@ impl AgentHandle {
         let published = inner
             .session
             .request(Request::PublishDevices {
-                list: list.clone(),
+                list: Box::new(list.clone()),
                 certs: vec![cert.clone()],
                 pin,
             })
@@ -386,7 +397,9 @@ impl AgentHandle {
             ))),
             _ => {
                 dialtone_net::close(&j.conn, dialtone_proto::wire::CloseCode::Protocol);
-                Err(LinkError::Refused("the new device broke the link protocol".into()))
+                Err(LinkError::Refused(
+                    "the new device broke the link protocol".into(),
+                ))
             }
         }
     }
@@ -416,7 +429,11 @@ impl AgentHandle {
         match self
             .inner
             .session
-            .request(Request::PublishDevices { list, certs, pin })
+            .request(Request::PublishDevices {
+                list: Box::new(list),
+                certs,
+                pin,
+            })
             .await?
         {
             Reply::Done => Ok(()),
@@ -455,16 +472,12 @@ pub async fn join(
         device_id: existing,
         endpoint,
     } = dir.link_offer(code.offer()).await?;
-    let relay = dir
-        .info(Duration::from_secs(5))
-        .await
-        .ok()
-        .and_then(|i| {
-            i.relay_url.map(|url| dialtone_net::RelaySettings {
-                url,
-                quic_port: i.relay_quic_port,
-            })
-        });
+    let relay = dir.info(Duration::from_secs(5)).await.ok().and_then(|i| {
+        i.relay_url.map(|url| dialtone_net::RelaySettings {
+            url,
+            quic_port: i.relay_quic_port,
+        })
+    });
     let mut config = dialtone_net::EndpointConfig::new(*seed);
     config.bind = bind;
     config.relay = relay;
@@ -472,7 +485,10 @@ pub async fn join(
     let ep = dialtone_net::bind(&config)
         .await
         .map_err(|e| LinkError::Network(e.to_string()))?;
-    let result = join_on(&ep, home, dir, code, name, me, identifier, existing, &endpoint).await;
+    let result = join_on(
+        &ep, home, dir, code, name, me, identifier, existing, &endpoint,
+    )
+    .await;
     ep.close().await;
     result
 }
@@ -514,7 +530,11 @@ async fn join_on(
             ));
         }
         Frame::LinkRefused { reason } => return Err(LinkError::Refused(reason)),
-        _ => return Err(LinkError::Refused("the other device broke the link protocol".into())),
+        _ => {
+            return Err(LinkError::Refused(
+                "the other device broke the link protocol".into(),
+            ));
+        }
     }
     let mut pins = Vec::new();
     let bundle = loop {
@@ -522,10 +542,15 @@ async fn join_on(
             Frame::LinkPins { pins: p } if pins.len() < 100_000 => pins.extend(p),
             Frame::LinkBundle(b) => break *b,
             Frame::LinkRefused { reason } => return Err(LinkError::Refused(reason)),
-            _ => return Err(LinkError::Refused("the other device broke the link protocol".into())),
+            _ => {
+                return Err(LinkError::Refused(
+                    "the other device broke the link protocol".into(),
+                ));
+            }
         }
     };
-    let fail = |m: &str| LinkError::Refused(format!("the other device sent {m}; nothing was stored"));
+    let fail =
+        |m: &str| LinkError::Refused(format!("the other device sent {m}; nothing was stored"));
     if bundle.identifier != identifier || bundle.list.identifier != identifier {
         return Err(fail("a certificate for another account"));
     }
@@ -535,13 +560,19 @@ async fn join_on(
     {
         return Err(fail("an invalid certificate"));
     }
-    if bundle.list.verify().is_err() || !bundle.list.contains(&me) || !bundle.list.contains(&existing)
+    if bundle.list.verify().is_err()
+        || !bundle.list.contains(&me)
+        || !bundle.list.contains(&existing)
     {
         return Err(fail("an invalid device list"));
     }
     let directory = dir.base().to_owned();
     if let Err(e) = home.store_linked(&bundle, &directory, &pins) {
-        let _ = write_frame(&mut send, &refused("the new device could not store its keys")).await;
+        let _ = write_frame(
+            &mut send,
+            &refused("the new device could not store its keys"),
+        )
+        .await;
         return Err(e.into());
     }
     let _ = write_frame(&mut send, &Frame::LinkDone).await;
@@ -563,7 +594,10 @@ mod tests {
     #[test]
     fn tickets_and_codes_parse() {
         let code = LinkCode::from_random([7; 10]);
-        let t = format!("dialtone-link:{}?directory=https://dir.example:4100", code.display());
+        let t = format!(
+            "dialtone-link:{}?directory=https://dir.example:4100",
+            code.display()
+        );
         let (c, d) = parse_ticket(&t).unwrap();
         assert_eq!(c, code);
         assert_eq!(d.as_deref(), Some("https://dir.example:4100"));
@@ -571,6 +605,11 @@ mod tests {
         assert_eq!(c, code);
         assert_eq!(d, None);
         assert!(parse_ticket("dialtone-link:nope").is_err());
-        assert_eq!(refused("x".repeat(1000)), Frame::LinkRefused { reason: "x".repeat(MAX_REASON_LEN) });
+        assert_eq!(
+            refused("x".repeat(1000)),
+            Frame::LinkRefused {
+                reason: "x".repeat(MAX_REASON_LEN)
+            }
+        );
     }
 }

@@ -75,7 +75,7 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     };
     match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
         Ok(Ok(Err((send, recv, offer, name, proof)))) => {
-            crate::link::incoming(&inner, conn, send, recv, remote, offer, name, proof).await;
+            crate::link::incoming(&inner, conn, (send, recv), remote, offer, name, proof).await;
         }
         Ok(Ok(Ok(identifier))) => {
             debug!(peer = %remote.short(), "incoming peer connection verified");

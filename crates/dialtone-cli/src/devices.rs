@@ -10,8 +10,8 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use super::{
-    DeviceCommand, Fail, LockCommand, PassArgs, Result, call, client, now, now_ms, passphrase,
-    pin, print_qr,
+    DeviceCommand, Fail, LockCommand, PassArgs, Result, call, client, now, now_ms, passphrase, pin,
+    print_qr,
 };
 
 /// The identity key, or a clear error on a linked device (which has none).
@@ -19,9 +19,10 @@ fn identity(home: &Home, pass: &PassArgs) -> Result<SigningKey> {
     if home.is_linked() {
         return Err(Fail {
             code: 2,
-            message: "this device was linked and holds no identity key: link, revoke and lock from \
+            message:
+                "this device was linked and holds no identity key: link, revoke and lock from \
                       the device that has it (the one you registered with)"
-                .into(),
+                    .into(),
         });
     }
     Ok(home.identity_signing_key(passphrase(pass)?.as_deref())?)
@@ -66,8 +67,7 @@ fn sign_next(
             identifier,
             version: DeviceList::next_version(old.map(|l| l.version), now_ms()),
             devices,
-            registration_lock: lock
-                .unwrap_or_else(|| old.is_some_and(|l| l.registration_lock)),
+            registration_lock: lock.unwrap_or_else(|| old.is_some_and(|l| l.registration_lock)),
             unlocked_with_pin: old.is_some_and(|l| l.unlocked_with_pin),
         },
     )
@@ -110,7 +110,10 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
     let code = offer["code"].as_str().unwrap_or("");
     println!("On the new device, run:");
     println!();
-    println!("    dialtone device link {code} --directory {} --name NAME", directory(home)?);
+    println!(
+        "    dialtone device link {code} --directory {} --name NAME",
+        directory(home)?
+    );
     println!();
     println!("or scan this code there (`dialtone device link --ticket TEXT`):");
     print_qr(offer["ticket"].as_str().unwrap_or(""));
@@ -179,7 +182,10 @@ async fn join(
     name: Option<String>,
     bind: Vec<std::net::SocketAddr>,
 ) -> Result {
-    let (code, from_ticket) = link::parse_ticket(given).map_err(|m| Fail { code: 2, message: m })?;
+    let (code, from_ticket) = link::parse_ticket(given).map_err(|m| Fail {
+        code: 2,
+        message: m,
+    })?;
     let Some(directory) = directory.or(from_ticket) else {
         return Err(Fail {
             code: 2,
@@ -269,7 +275,10 @@ async fn revoke(home: &Home, name: &str, pass: &PassArgs) -> Result {
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         return Err(Fail {
             code: 2,
-            message: format!("no device named {name:?}; the devices are: {}", names.join(", ")),
+            message: format!(
+                "no device named {name:?}; the devices are: {}",
+                names.join(", ")
+            ),
         });
     };
     if entries[pos].device_id == me {
@@ -298,7 +307,10 @@ pub(super) async fn lock(home: &Home, c: LockCommand) -> Result {
                     message: "give the PIN with --pin-file FILE or DIALTONE_PIN".into(),
                 });
             };
-            check_pin(&p).map_err(|m| Fail { code: 2, message: m })?;
+            check_pin(&p).map_err(|m| Fail {
+                code: 2,
+                message: m,
+            })?;
             (Some(p), pass, true)
         }
         LockCommand::Clear { pass } => (None, pass, false),

@@ -620,7 +620,10 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     };
     let pin = pin(pin_args)?;
     if let Some(p) = &pin {
-        check_pin(p).map_err(|m| Fail { code: 2, message: m })?;
+        check_pin(p).map_err(|m| Fail {
+            code: 2,
+            message: m,
+        })?;
     }
     let client = DirectoryClient::new(&directory, settings.directory_ca.as_deref())?;
     let key = home.identity_signing_key(passphrase(pass)?.as_deref())?;
@@ -639,7 +642,10 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
                 previous_version = Some(l.version);
             }
         } else {
-            other_key_locked = rec.device_list.as_ref().is_some_and(|l| l.registration_lock);
+            other_key_locked = rec
+                .device_list
+                .as_ref()
+                .is_some_and(|l| l.registration_lock);
         }
     }
     if !entries.iter().any(|e| e.device_id == cert.device_id) {
@@ -1164,8 +1170,10 @@ fn describe(ev: &Value) -> Option<String> {
             s("pinned_fingerprint"),
             s("new_fingerprint"),
             match s("reset").as_str() {
-                "no-lock" => ", without a registration lock: whoever re-verified their email or phone could have done this",
-                "locked" => "; their key had a registration lock, checking whether the PIN was given",
+                "no-lock" =>
+                    ", without a registration lock: whoever re-verified their email or phone could have done this",
+                "locked" =>
+                    "; their key had a registration lock, checking whether the PIN was given",
                 _ => "",
             },
             s("identifier")

@@ -21,6 +21,8 @@ const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 
 /// Runs `device link` on `p` (the device with the identity key) and returns the code it shows.
+// The child is handed to the caller, which waits for it (`finish`) or kills it.
+#[allow(clippy::zombie_processes)]
 fn show_code(p: &Person) -> (String, Child) {
     let mut child = p.spawn(&["device", "link", "--timeout", "90"]);
     let out = child.stdout.take().unwrap();
@@ -142,13 +144,25 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
         "{sent}"
     );
     let is = |body: &'static str| move |e: &Value| e["event"] == "message" && e["body"] == body;
-    wa.expect("the message on the first device", Duration::from_secs(5), is("hello both"));
-    wl.expect("the message on the laptop", Duration::from_secs(5), is("hello both"));
+    wa.expect(
+        "the message on the first device",
+        Duration::from_secs(5),
+        is("hello both"),
+    );
+    wl.expect(
+        "the message on the laptop",
+        Duration::from_secs(5),
+        is("hello both"),
+    );
 
     // The laptop speaks as alice.
     let mut wb = bob.watch();
     laptop.run(&["send", BOB, "from the laptop"]).ok();
-    let m = wb.expect("the laptop's message", Duration::from_secs(5), is("from the laptop"));
+    let m = wb.expect(
+        "the laptop's message",
+        Duration::from_secs(5),
+        is("from the laptop"),
+    );
     assert_eq!(m["from"], ALICE);
 
     // A linked device holds no identity key: it cannot revoke.
@@ -162,9 +176,11 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
 
     // Revoke the laptop.
     alice.run(&["device", "revoke", "laptop"]).ok();
-    let w = wl.expect("the laptop told it was revoked", Duration::from_secs(20), |e| {
-        e["event"] == "transparency" && e["kind"] == "device-revoked"
-    });
+    let w = wl.expect(
+        "the laptop told it was revoked",
+        Duration::from_secs(20),
+        |e| e["event"] == "transparency" && e["kind"] == "device-revoked",
+    );
     assert!(w["message"].as_str().unwrap().contains("revoked"), "{w}");
     wait_until(Duration::from_secs(15), "bob sees one device", || {
         devices_of(&bob, ALICE) == 1
@@ -174,7 +190,11 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
         .run(&["send", ALICE, "after the revocation", "--json"])
         .ok()
         .json();
-    assert_eq!(sent["delivered_to"].as_array().map(Vec::len), Some(1), "{sent}");
+    assert_eq!(
+        sent["delivered_to"].as_array().map(Vec::len),
+        Some(1),
+        "{sent}"
+    );
     wl.expect_none(
         "a message on the revoked laptop",
         Duration::from_secs(1),
@@ -183,7 +203,11 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
     // The revoked laptop reaches no one.
     let r = laptop.run(&["send", BOB, "still here?"]);
     assert_ne!(r.code, 0, "a revoked device sent a message: {}", r.stdout);
-    wb.expect_none("a message from the revoked laptop", Duration::from_secs(1), is("still here?"));
+    wb.expect_none(
+        "a message from the revoked laptop",
+        Duration::from_secs(1),
+        is("still here?"),
+    );
 }
 
 #[test]
@@ -213,7 +237,13 @@ fn a_wrong_code_links_nothing() {
     // The rendezvous answers once: trying again needs a new code.
     laptop
         .run(&[
-            "device", "link", &code, "--directory", &dir.url, "--name", "laptop",
+            "device",
+            "link",
+            &code,
+            "--directory",
+            &dir.url,
+            "--name",
+            "laptop",
         ])
         .fails_with(4, "no device shows this code");
     assert_eq!(listed(&alice).len(), 1);
@@ -240,7 +270,9 @@ fn the_registration_lock_stops_a_takeover_and_the_pin_opens_it() {
     // Bob talks to alice: her key (and its lock) is proven and pinned.
     let mut wa = alice.watch();
     bob.run(&["send", ALICE, "hi"]).ok();
-    wa.expect("bob's message", Duration::from_secs(5), |e| e["body"] == "hi");
+    wa.expect("bob's message", Duration::from_secs(5), |e| {
+        e["body"] == "hi"
+    });
 
     // Someone who re-verified alice's email, with another key.
     let thief = Person::new(ALICE);
@@ -263,9 +295,11 @@ fn the_registration_lock_stops_a_takeover_and_the_pin_opens_it() {
         .run_env(&["verify", &code], &[("DIALTONE_PIN", "2468")])
         .ok();
     thief.up();
-    let w = wb.expect("bob warned of the key change", Duration::from_secs(15), |e| {
-        e["event"] == "key_changed" && e["identifier"] == ALICE
-    });
+    let w = wb.expect(
+        "bob warned of the key change",
+        Duration::from_secs(15),
+        |e| e["event"] == "key_changed" && e["identifier"] == ALICE,
+    );
     assert_eq!(w["reset"], "locked", "{w}");
     wb.expect_none("a lock-bypassed alarm", Duration::from_secs(3), |e| {
         e["kind"] == "lock-bypassed"
@@ -281,9 +315,7 @@ fn lock_set_and_clear_are_published() {
     let lock_of = || {
         alice.run(&["device", "list", "--json"]).ok().json()["list"]["registration_lock"].clone()
     };
-    alice
-        .run(&["lock", "set"])
-        .fails_with(2, "give the PIN");
+    alice.run(&["lock", "set"]).fails_with(2, "give the PIN");
     alice
         .run_env(&["lock", "set"], &[("DIALTONE_PIN", "12")])
         .fails_with(2, "4 to 64");

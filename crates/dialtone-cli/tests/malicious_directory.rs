@@ -154,7 +154,10 @@ fn key_replaced_despite_the_registration_lock_is_flagged_as_bypassed() {
         .run(&["register", ALICE, "--directory", &dir.url])
         .ok();
     alice
-        .run_env(&["verify", &dir.code_for(ALICE)], &[("DIALTONE_PIN", "2468")])
+        .run_env(
+            &["verify", &dir.code_for(ALICE)],
+            &[("DIALTONE_PIN", "2468")],
+        )
         .ok();
     alice.up();
     let bob = Person::online(&dir, BOB);
@@ -174,9 +177,17 @@ fn key_replaced_despite_the_registration_lock_is_flagged_as_bypassed() {
     );
     assert_eq!(w["reset"], "locked", "{w}");
     let t = transparency(&mut wb, "lock-bypassed", Duration::from_secs(20));
-    assert!(t["message"].as_str().unwrap().contains("without the lock's PIN"), "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("without the lock's PIN"),
+        "{t}"
+    );
     bob.run(&["send", ALICE, "after"]).fails_with(16, "WARNING");
-    wa.expect_none("message after the replacement", Duration::from_secs(1), |e| {
-        e["body"] == "after"
-    });
+    wa.expect_none(
+        "message after the replacement",
+        Duration::from_secs(1),
+        |e| e["body"] == "after",
+    );
 }

@@ -17,8 +17,8 @@ use axum::{
 use dialtone_proto::{
     Identifier,
     directory::{
-        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, MAX_BODY_LEN,
-        LinkOfferInfo, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart,
+        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, LinkOfferInfo,
+        MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart,
         RegisterStarted, Registered, check_pin, is_link_offer,
     },
     keys::{register_confirm_transcript, register_start_transcript},
@@ -489,7 +489,11 @@ async fn register_confirm(
             if let Some(list) = &list {
                 let current = q::account(c, &id)?;
                 let same_key = current.is_some_and(|a| a.identity_key == key);
-                let registered = if same_key { q::devices(c, &id)? } else { Vec::new() };
+                let registered = if same_key {
+                    q::devices(c, &id)?
+                } else {
+                    Vec::new()
+                };
                 for d in &list.devices {
                     if d.device_id != cert.device_id
                         && !registered.iter().any(|r| r.device_id == d.device_id)
@@ -611,12 +615,17 @@ fn check_registration_list(
             LockChange::Clear
         });
     };
-    list.verify().map_err(|e| bad(format!("the device list is invalid: {e}")))?;
+    list.verify()
+        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
     if list.identifier != req.identifier || list.identity_key != req.identity_key {
-        return Err(bad("the device list is for another identifier or key".into()));
+        return Err(bad(
+            "the device list is for another identifier or key".into()
+        ));
     }
     if !list.contains(&cert.device_id) {
-        return Err(bad("the device list does not name the registering device".into()));
+        return Err(bad(
+            "the device list does not name the registering device".into()
+        ));
     }
     if list.unlocked_with_pin != pin_given {
         return Err(bad(if pin_given {

@@ -28,9 +28,8 @@ use dialtone_proto::{
     devices::DeviceList,
     directory::{
         ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode,
-        LinkOfferInfo, MAX_ADDRS, check_pin, is_link_offer,
-        MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState, PresenceView, Relation, Reply,
-        Request, ServerFrame,
+        LinkOfferInfo, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState,
+        PresenceView, Relation, Reply, Request, ServerFrame, check_pin, is_link_offer,
     },
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
@@ -796,7 +795,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
         }
         Request::PublishDevices { list, certs, pin } => {
             limit(ctx)?;
-            publish_devices(st, ctx, list, certs, pin).await
+            publish_devices(st, ctx, *list, certs, pin).await
         }
         Request::Contacts => {
             limit(ctx)?;
@@ -1002,7 +1001,10 @@ async fn publish_devices(
         .map(|d| d.cert.device_id)
         .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))?;
     if list.identifier != me {
-        return Err(bad(format!("the device list is for {}, not {me}", list.identifier)));
+        return Err(bad(format!(
+            "the device list is for {}, not {me}",
+            list.identifier
+        )));
     }
     if !list.contains(&requester) {
         return Err(bad(
@@ -1013,8 +1015,12 @@ async fn publish_devices(
         return Err(bad("too many certificates".into()));
     }
     for c in &certs {
-        c.verify()
-            .map_err(|e| err(ErrorCode::InvalidCertificate, format!("a device certificate is invalid: {e}")))?;
+        c.verify().map_err(|e| {
+            err(
+                ErrorCode::InvalidCertificate,
+                format!("a device certificate is invalid: {e}"),
+            )
+        })?;
         match list.devices.iter().find(|d| d.device_id == c.device_id) {
             Some(d) if d.name == c.name && c.identity_key == list.identity_key => {}
             _ => {

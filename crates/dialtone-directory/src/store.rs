@@ -421,7 +421,11 @@ pub(crate) mod q {
     }
 
     /// Counts a wrong PIN (`right == false`) or resets the count.
-    pub(crate) fn pin_tried(c: &Connection, id: &Identifier, right: bool) -> Result<(), StoreError> {
+    pub(crate) fn pin_tried(
+        c: &Connection,
+        id: &Identifier,
+        right: bool,
+    ) -> Result<(), StoreError> {
         let sql = if right {
             "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1"
         } else {

@@ -93,7 +93,10 @@ pub struct DeviceListContent {
 
 impl DeviceList {
     /// Signs a list with the identity key, after checking it.
-    pub fn sign(identity: &SigningKey, content: DeviceListContent) -> Result<Self, DeviceListError> {
+    pub fn sign(
+        identity: &SigningKey,
+        content: DeviceListContent,
+    ) -> Result<Self, DeviceListError> {
         let mut list = Self {
             identifier: content.identifier,
             identity_key: IdentityKey::from_signing_key(identity),
@@ -197,12 +200,15 @@ mod tests {
     #[test]
     fn signed_lists_verify_and_tampering_is_detected() {
         let id = key(1);
-        let list = DeviceList::sign(&id, content(vec![entry(2, "laptop"), entry(3, "phone")]))
-            .unwrap();
+        let list =
+            DeviceList::sign(&id, content(vec![entry(2, "laptop"), entry(3, "phone")])).unwrap();
         list.verify().unwrap();
         assert!(list.contains(&DeviceId::from_signing_key(&key(3))));
         assert!(!list.contains(&DeviceId::from_signing_key(&key(4))));
-        assert_eq!(list.by_name("phone").unwrap().device_id, list.devices[1].device_id);
+        assert_eq!(
+            list.by_name("phone").unwrap().device_id,
+            list.devices[1].device_id
+        );
 
         let mut added = list.clone();
         added.devices.push(entry(4, "stolen"));
@@ -218,7 +224,8 @@ mod tests {
         assert!(older.verify().is_err());
 
         // JSON round trip keeps the signature valid.
-        let back: DeviceList = serde_json::from_str(&serde_json::to_string(&list).unwrap()).unwrap();
+        let back: DeviceList =
+            serde_json::from_str(&serde_json::to_string(&list).unwrap()).unwrap();
         back.verify().unwrap();
     }
 
@@ -237,7 +244,9 @@ mod tests {
             DeviceList::sign(&id, content(vec![entry(2, "a"), entry(3, "a")])),
             Err(DeviceListError::Duplicate(_))
         ));
-        let many = (0..=MAX_DEVICES as u8).map(|i| entry(10 + i, &format!("d{i}"))).collect();
+        let many = (0..=MAX_DEVICES as u8)
+            .map(|i| entry(10 + i, &format!("d{i}")))
+            .collect();
         assert_eq!(
             DeviceList::sign(&id, content(many)).unwrap_err(),
             DeviceListError::TooMany
@@ -251,10 +260,16 @@ mod tests {
         let shown = code.display();
         assert_eq!(shown.len(), 19);
         assert_eq!(LinkCode::parse(&shown).unwrap(), code);
-        assert_eq!(LinkCode::parse(&shown.to_lowercase().replace('-', " ")).unwrap(), code);
+        assert_eq!(
+            LinkCode::parse(&shown.to_lowercase().replace('-', " ")).unwrap(),
+            code
+        );
         assert!(LinkCode::parse("ABCD-EFGH").is_err());
         assert!(LinkCode::parse("ABCD-EFGH-JKMN-PQR!").is_err());
-        assert_eq!(LinkCode::parse("O0IL-0000-0000-0000").unwrap().offer(), "0011");
+        assert_eq!(
+            LinkCode::parse("O0IL-0000-0000-0000").unwrap().offer(),
+            "0011"
+        );
         assert!(crate::directory::is_link_offer(code.offer()));
         let (a, b) = (
             DeviceId::from_signing_key(&key(1)),
@@ -377,7 +392,12 @@ impl LinkCode {
     /// Whether `proof` is [`LinkCode::proof`] for these inputs (in constant time).
     pub fn check(&self, role: &str, existing: &DeviceId, new: &DeviceId, proof: &[u8]) -> bool {
         let want = self.proof(role, existing, new);
-        proof.len() == 32 && want.iter().zip(proof).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        proof.len() == 32
+            && want
+                .iter()
+                .zip(proof)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 

@@ -486,8 +486,8 @@ pub enum Request {
     /// account's identity key, a higher version, naming the requesting device. Devices not
     /// on it lose their sessions and registrations; new devices need a certificate.
     PublishDevices {
-        /// The new list.
-        list: DeviceList,
+        /// The new list (boxed: the largest request by far).
+        list: Box<DeviceList>,
         /// Certificates of the devices that are new on the list.
         #[serde(default)]
         certs: Vec<DeviceCertificate>,
