@@ -566,10 +566,13 @@ pub(crate) async fn ensure_device(
         identifier: id.clone(),
         device: device.short(),
     };
+    // A recent proof that lists the device is enough; one that does not is asked again (the
+    // device may have been linked since).
     if let Some(p) = &cached
         && p.at.elapsed() < DEVICE_LIST_FRESH
+        && listed(p)
     {
-        return if listed(p) { Ok(()) } else { Err(not_listed()) };
+        return Ok(());
     }
     let reachable = *inner.connected.borrow();
     if !reachable {

@@ -468,6 +468,7 @@ pub(crate) async fn send_text(
     }
     let worst = [
         Refusal::DirectoryUntrusted,
+        Refusal::DeviceRevoked,
         Refusal::KeyChanged,
         Refusal::NotAContact,
         Refusal::DoNotDisturb,

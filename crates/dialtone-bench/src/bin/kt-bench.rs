@@ -71,7 +71,11 @@ fn value(i: usize, round: u8) -> AkdValue {
         dseed[31] = n;
         DeviceEntry {
             device_id: DeviceId::from_signing_key(&SigningKey::from_bytes(&dseed)),
-            name: if n == 1 { "phone".into() } else { "laptop".into() },
+            name: if n == 1 {
+                "phone".into()
+            } else {
+                "laptop".into()
+            },
             added_at: 1_764_000_000,
         }
     };
