@@ -103,7 +103,7 @@ pub struct Settings {
 }
 
 /// A key pinned for a contact on first use.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pin {
     /// The pinned identity key.
     pub identity_key: IdentityKey,
@@ -123,6 +123,10 @@ pub struct Pin {
     /// change without the lock's PIN is then flagged as the directory bypassing the lock.
     #[serde(default)]
     pub registration_lock: bool,
+    /// The devices on the key's device list when it was last proven (empty: no list known).
+    /// LAN mode, with the directory out of reach, refuses a device that is not on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -417,6 +421,7 @@ impl Home {
                         verified: p.verified,
                         proven: false,
                         registration_lock: false,
+                        devices: Vec::new(),
                     },
                 )
             })

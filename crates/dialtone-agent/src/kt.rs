@@ -444,12 +444,18 @@ pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Prove
     lock(&inner.kt.proven).insert(id.clone(), proven.clone());
     // Remember whether the pinned key has a registration lock, to judge a later key change.
     let locked = proven.devices.as_ref().is_some_and(|l| l.registration_lock);
+    let devices: Vec<DeviceId> = proven
+        .devices
+        .as_ref()
+        .map(|l| l.devices.iter().map(|d| d.device_id).collect())
+        .unwrap_or_default();
     let mut st = inner.lock();
     if let Some(pin) = st.pins.get_mut(id)
         && pin.identity_key == key
-        && pin.registration_lock != locked
+        && (pin.registration_lock != locked || pin.devices != devices)
     {
         pin.registration_lock = locked;
+        pin.devices = devices;
         if let Err(e) = inner.home.save_pins(&st.pins) {
             warn!("cannot save pinned keys: {e}");
         }
@@ -576,10 +582,20 @@ pub(crate) async fn ensure_device(
     }
     let reachable = *inner.connected.borrow();
     if !reachable {
-        // LAN mode or an outage: the last list proven in this run, else the key alone.
+        // LAN mode or an outage: the last list proven (in this run, else the one kept with
+        // the pin), else the key alone.
+        let pinned: Vec<DeviceId> = inner
+            .lock()
+            .pins
+            .get(id)
+            .filter(|p| p.identity_key == *key)
+            .map(|p| p.devices.clone())
+            .unwrap_or_default();
         return match &cached {
             Some(p) if !listed(p) => Err(not_listed()),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None if !pinned.is_empty() && !pinned.contains(device) => Err(not_listed()),
+            None => Ok(()),
         };
     }
     match prove_record(inner, id).await {

@@ -669,7 +669,7 @@ impl Inner {
                 });
             }
             if c.relation == Relation::Accepted {
-                match st.pins.get(&c.identifier).copied() {
+                match st.pins.get(&c.identifier).cloned() {
                     None => {
                         st.pins.insert(
                             c.identifier.clone(),
@@ -679,6 +679,7 @@ impl Inner {
                                 verified: false,
                                 proven: false,
                                 registration_lock: false,
+                                devices: Vec::new(),
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -988,6 +989,7 @@ impl AgentHandle {
                 verified,
                 proven: true,
                 registration_lock: kt::proven_lock(&self.inner, who, &key),
+                devices: Vec::new(),
             },
         );
         self.inner

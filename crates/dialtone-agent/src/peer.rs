@@ -162,7 +162,7 @@ async fn verify_hello(
         }
     }
     let mut st = inner.lock();
-    match st.pins.get(id).copied() {
+    match st.pins.get(id).cloned() {
         Some(pin) if pin.identity_key != cert.identity_key => {
             if st.warned.insert((id.clone(), cert.identity_key)) {
                 drop(st);
@@ -189,6 +189,7 @@ async fn verify_hello(
                     verified: false,
                     proven: true,
                     registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
+                    devices: Vec::new(),
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -496,7 +497,7 @@ pub(crate) async fn send_text(
 /// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
 /// pinned for `to`. The hello still proves each device's certificate for that key.
 async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
-    let Some(pin) = inner.lock().pins.get(&to).copied() else {
+    let Some(pin) = inner.lock().pins.get(&to).cloned() else {
         return Err(SendError::Invalid(format!(
             "the directory is unreachable, and {to} is not a contact you have talked to before \
              (no pinned key), so they cannot be found on the LAN; try again when the directory \

@@ -637,7 +637,11 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     let mut other_key_locked = false;
     if let Some(rec) = &current {
         if rec.identity_key == ik {
-            if let Some(l) = &rec.device_list {
+            // Only a list our own key signed is carried over: the directory's answer is not
+            // trusted to say which devices are ours.
+            if let Some(l) = rec.device_list.as_ref().filter(|l| {
+                l.verify().is_ok() && l.identity_key == ik && l.identifier == identifier
+            }) {
                 entries = l.devices.clone();
                 previous_version = Some(l.version);
             }
