@@ -230,8 +230,24 @@ async fn catch_panic(req: Request, next: axum::middleware::Next) -> Response {
     }
 }
 
+/// The key a client is rate-limited under: its IPv4 address, or the /64 of its IPv6 address
+/// (one host usually holds a whole /64, so per-address limits would be no limit at all). An
+/// IPv4-mapped IPv6 address counts as the IPv4 address.
 fn ip_of(addr: &ClientAddr) -> IpAddr {
-    addr.0.ip()
+    rate_key(addr.0.ip())
+}
+
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 fn check(
@@ -941,4 +957,22 @@ async fn info_route(
         relay_quic_port: relay.and_then(|r| r.quic_port),
         echo_ports: relay.map(|r| r.echo_ports.clone()).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(rate_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(rate_key(v4), v4);
+    }
 }
