@@ -46,6 +46,47 @@ use crate::{
     store::{Account, LockChange, StoreError, q},
 };
 
+/// The directory's secret for session challenges, random per process (a restart voids the
+/// challenges outstanding, which live a minute).
+struct ChallengeKey([u8; 32]);
+
+impl Default for ChallengeKey {
+    fn default() -> Self {
+        let mut k = [0u8; 32];
+        rand::fill(&mut k[..]);
+        Self(k)
+    }
+}
+
+impl std::fmt::Debug for ChallengeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChallengeKey(…)")
+    }
+}
+
+impl ChallengeKey {
+    fn challenge(&self, device: &DeviceId, expiry: u64) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        // Fixed-length fields after the secret: no two inputs collide, nothing is extended.
+        let mac = Sha256::new()
+            .chain_update(b"dialtone-session-challenge/v1")
+            .chain_update(self.0)
+            .chain_update(device.as_bytes())
+            .chain_update(expiry.to_be_bytes())
+            .finalize();
+        let mut c = [0u8; 32];
+        c[..8].copy_from_slice(&expiry.to_be_bytes());
+        c[8..].copy_from_slice(&mac[..24]);
+        c
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Frames queued for one device before it counts as stuck and is disconnected.
 const PUSH_QUEUE: usize = 256;
 /// Outstanding session challenges at most (each about 80 bytes): beyond this, new ones are
@@ -126,7 +167,11 @@ pub(crate) struct Sessions {
     online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
     /// Device-link rendezvous: offer id → the offering device, its session and the expiry.
     links: Mutex<HashMap<String, (LinkOfferInfo, u64, Instant)>>,
-    challenges: Mutex<HashMap<[u8; 32], (DeviceId, Instant)>>,
+    /// Signs session challenges: a challenge carries its expiry and a MAC over the device and
+    /// the expiry, so issuing one keeps no state (a flood of requests costs no memory).
+    challenge_key: ChallengeKey,
+    /// Challenges already answered with a valid signature, until they expire (single use).
+    challenges: Mutex<HashMap<[u8; 32], u64>>,
     next_id: AtomicU64,
     /// Ended by shutdown: closes every session.
     pub(crate) shutdown: CancellationToken,
@@ -172,35 +217,42 @@ impl Sessions {
         Ok(())
     }
 
-    /// A new one-time challenge for `device`, or `None` if [`MAX_CHALLENGES`] unexpired
-    /// challenges are outstanding already.
+    /// A new one-time challenge for `device`, valid for `ttl`: 8 bytes of expiry (Unix
+    /// milliseconds) and 24 bytes of MAC. Nothing is stored until it is answered.
     pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> Option<[u8; 32]> {
-        let mut c = [0u8; 32];
-        rand::fill(&mut c[..]);
-        let mut map = self
-            .challenges
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if map.len() >= MAX_CHALLENGES / 2 {
-            map.retain(|_, (_, exp)| *exp > now);
-        }
-        if map.len() >= MAX_CHALLENGES {
-            return None;
-        }
-        map.insert(c, (device, now + ttl));
-        Some(c)
+        let expiry = unix_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        Some(self.challenge_key.challenge(&device, expiry))
     }
 
-    /// Consumes a challenge: the device it was issued for, if it existed and is unexpired.
-    /// Once taken it is gone, whatever the caller decides next.
-    fn take_challenge(&self, c: &[u8; 32]) -> Option<DeviceId> {
-        let mut map = self
+    /// Whether `c` is a challenge this directory issued for `device` and it has not expired.
+    fn check_challenge(&self, c: &[u8; 32], device: &DeviceId) -> bool {
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&c[..8]);
+        let expiry = u64::from_be_bytes(exp);
+        let want = self.challenge_key.challenge(device, expiry);
+        let same = want.iter().zip(c).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        same && expiry > unix_ms()
+    }
+
+    /// Uses up a checked challenge once its signature verified: false if it was used before
+    /// (a replay), or if [`MAX_CHALLENGES`] unexpired ones are recorded (then try again).
+    fn consume_challenge(&self, c: &[u8; 32]) -> bool {
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&c[..8]);
+        let expiry = u64::from_be_bytes(exp);
+        let mut used = self
             .challenges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(c)
-            .and_then(|(d, exp)| (exp > Instant::now()).then_some(d))
+        if used.len() >= MAX_CHALLENGES / 2 {
+            let now = unix_ms();
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.len() >= MAX_CHALLENGES || used.contains_key(c) {
+            return false;
+        }
+        used.insert(*c, expiry);
+        true
     }
 
     /// Number of open sessions.
@@ -378,9 +430,6 @@ pub(crate) async fn upgrade(
             "malformed challenge; request a new one",
         )
     })?;
-    // Consumed on any attempt, whatever else is wrong with the request: a challenge is
-    // never answered twice.
-    let issued_for = st.sessions.take_challenge(&ch);
     let device = DeviceId::from_hex(&device).map_err(|_| {
         bad(
             ErrorCode::BadRequest,
@@ -388,7 +437,7 @@ pub(crate) async fn upgrade(
             "device_id is not a key",
         )
     })?;
-    if issued_for != Some(device) {
+    if !st.sessions.check_challenge(&ch, &device) {
         return Err(bad(
             ErrorCode::ChallengeInvalid,
             StatusCode::UNAUTHORIZED,
@@ -410,6 +459,15 @@ pub(crate) async fn upgrade(
             ErrorCode::BadSignature,
             StatusCode::UNAUTHORIZED,
             "the signature does not verify",
+        ));
+    }
+    // Only the device's key holder uses a challenge up, so no one else can exhaust the
+    // record of used ones; a replayed answer is refused here.
+    if !st.sessions.consume_challenge(&ch) {
+        return Err(bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "challenge unknown, expired or already used; request a new one",
         ));
     }
     let found = st
@@ -1265,10 +1323,21 @@ mod tests {
     fn challenges_are_single_use_and_bound_to_their_device() {
         let s = Sessions::default();
         let d1 = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
+        let d2 = DeviceId::from_signing_key(&SigningKey::from_bytes(&[2; 32]));
         let c = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
-        assert_eq!(s.take_challenge(&c), Some(d1));
-        assert_eq!(s.take_challenge(&c), None);
+        assert!(s.check_challenge(&c, &d1));
+        assert!(!s.check_challenge(&c, &d2), "bound to its device");
+        let mut forged = c;
+        forged[0] ^= 1; // a later expiry
+        assert!(!s.check_challenge(&forged, &d1));
+        assert!(s.consume_challenge(&c));
+        assert!(!s.consume_challenge(&c), "single use");
         let c = s.new_challenge(d1, Duration::ZERO).unwrap();
-        assert_eq!(s.take_challenge(&c), None, "expired");
+        assert!(!s.check_challenge(&c, &d1), "expired");
+        // Issuing keeps nothing.
+        for _ in 0..1000 {
+            s.new_challenge(d1, Duration::from_secs(60)).unwrap();
+        }
+        assert_eq!(s.challenges.lock().unwrap().len(), 1);
     }
 }
