@@ -14,16 +14,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dialtone_testkit::{Directory, Person, wait_until};
+use dialtone_testkit::{Directory, Person, decode_terminal_qr, wait_until};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 
-/// Runs `device link` on `p` (the device with the identity key) and returns the code it shows.
+/// Runs `device link` on `p` (the device with the identity key) and returns the code it
+/// shows, the running command and everything it printed up to "Waiting" (the QR code too).
 // The child is handed to the caller, which waits for it (`finish`) or kills it.
 #[allow(clippy::zombie_processes)]
-fn show_code(p: &Person) -> (String, Child) {
+fn show_code(p: &Person) -> (String, Child, String) {
     let mut child = p.spawn(&["device", "link", "--timeout", "90"]);
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -34,6 +35,7 @@ fn show_code(p: &Person) -> (String, Child) {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
+    let mut code = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
@@ -44,13 +46,18 @@ fn show_code(p: &Person) -> (String, Child) {
             }
             panic!("no code shown; stdout {seen:#?}, stderr {err}");
         };
-        if let Some(code) = line
-            .split_whitespace()
-            .find(|w| w.len() == 19 && w.matches('-').count() == 3)
-        {
-            return (code.to_owned(), child);
+        if code.is_none() {
+            code = line
+                .split_whitespace()
+                .find(|w| w.len() == 19 && w.matches('-').count() == 3)
+                .map(str::to_owned);
         }
+        let waiting = line.contains("Waiting for the new device");
         seen.push(line);
+        if waiting {
+            let code = code.expect("a code before the waiting line");
+            return (code, child, seen.join("\n"));
+        }
     }
 }
 
@@ -100,7 +107,7 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
 
     // Link a laptop with the code the first device shows.
     let laptop = Person::empty(ALICE);
-    let (code, shower) = show_code(&alice);
+    let (code, shower, _) = show_code(&alice);
     laptop
         .run(&[
             "device",
@@ -216,7 +223,7 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
 fn a_wrong_code_links_nothing() {
     let dir = Directory::start();
     let alice = Person::online(&dir, ALICE);
-    let (code, mut shower) = show_code(&alice);
+    let (code, mut shower, _) = show_code(&alice);
     // Same offer, wrong secret.
     let last = code.chars().last().unwrap();
     let wrong = format!("{}{}", &code[..18], if last == 'A' { 'B' } else { 'A' });
@@ -337,4 +344,36 @@ fn lock_set_and_clear_are_published() {
         .run(&["register", ALICE, "--directory", &dir.url])
         .ok();
     other.run(&["verify", &dir.code_for(ALICE)]).ok();
+}
+
+#[test]
+fn the_qr_code_carries_a_ticket_that_links() {
+    let dir = Directory::start();
+    let alice = Person::online(&dir, ALICE);
+    let (code, shower, shown) = show_code(&alice);
+    // A real decoder reads the QR code printed in the terminal.
+    let ticket = decode_terminal_qr(&shown);
+    assert_eq!(
+        ticket,
+        format!("dialtone-link:{code}?directory={}", dir.url)
+    );
+    let phone = Person::empty(ALICE);
+    phone
+        .run(&[
+            "device",
+            "link",
+            "--ticket",
+            &ticket,
+            "--name",
+            "phone",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .ok();
+    let (status, err) = finish(shower, Duration::from_secs(60));
+    assert_eq!(status, 0, "{err}");
+    phone.up();
+    wait_until(Duration::from_secs(15), "both devices listed", || {
+        listed(&phone).len() == 2
+    });
 }
