@@ -702,7 +702,7 @@ fn wait_output(mut child: Child, timeout: Duration) -> Output {
 }
 
 /// Turns the terminal QR code (half blocks, light modules drawn) back into a PGM image.
-pub fn terminal_qr_to_pgm(output: &str, path: &std::path::Path) {
+pub fn terminal_qr_to_pgm(output: &str, path: &Path) {
     let rows: Vec<Vec<char>> = output
         .lines()
         .filter(|l| !l.is_empty() && l.chars().all(|c| " █▀▄".contains(c)) && l.contains('█'))
@@ -745,7 +745,7 @@ pub fn decode_terminal_qr(output: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let pgm = tmp.path().join("qr.pgm");
     terminal_qr_to_pgm(output, &pgm);
-    let out = std::process::Command::new("zbarimg")
+    let out = Command::new("zbarimg")
         .args(["--raw", "-q"])
         .arg(&pgm)
         .output()
