@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dialtone_testkit::{Directory, Person, decode_terminal_qr, wait_until};
+use dialtone_testkit::{Directory, Person, Run, decode_terminal_qr, wait_until};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.com";
@@ -80,6 +80,21 @@ fn finish(mut child: Child, timeout: Duration) -> (i32, String) {
     }
 }
 
+/// `dialtone device link CODE --directory URL --name NAME` on the new device.
+fn join(new: &Person, code: &str, dir: &Directory, name: &str) -> Run {
+    new.run(&[
+        "device",
+        "link",
+        code,
+        "--directory",
+        &dir.url,
+        "--name",
+        name,
+        "--bind",
+        "127.0.0.1:0",
+    ])
+}
+
 fn devices_of(p: &Person, who: &str) -> u64 {
     p.contacts()
         .iter()
@@ -108,19 +123,7 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
     // Link a laptop with the code the first device shows.
     let laptop = Person::empty(ALICE);
     let (code, shower, _) = show_code(&alice);
-    laptop
-        .run(&[
-            "device",
-            "link",
-            &code,
-            "--directory",
-            &dir.url,
-            "--name",
-            "laptop",
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .ok();
+    join(&laptop, &code, &dir, "laptop").ok();
     let (status, err) = finish(shower, Duration::from_secs(60));
     assert_eq!(status, 0, "device link on the first device failed: {err}");
     let show = laptop.run(&["id", "show", "--json"]).ok().json();
@@ -228,33 +231,11 @@ fn a_wrong_code_links_nothing() {
     let last = code.chars().last().unwrap();
     let wrong = format!("{}{}", &code[..18], if last == 'A' { 'B' } else { 'A' });
     let laptop = Person::empty(ALICE);
-    laptop
-        .run(&[
-            "device",
-            "link",
-            &wrong,
-            "--directory",
-            &dir.url,
-            "--name",
-            "laptop",
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .fails_with(4, "wrong device-link code");
+    join(&laptop, &wrong, &dir, "laptop").fails_with(4, "wrong device-link code");
     assert!(!laptop.home.join("identity.pub").exists());
     assert!(!laptop.home.join("device.cert").exists());
     // The rendezvous answers once: trying again needs a new code.
-    laptop
-        .run(&[
-            "device",
-            "link",
-            &code,
-            "--directory",
-            &dir.url,
-            "--name",
-            "laptop",
-        ])
-        .fails_with(4, "no device shows this code");
+    join(&laptop, &code, &dir, "laptop").fails_with(4, "no device shows this code");
     assert_eq!(listed(&alice).len(), 1);
     let _ = shower.kill();
     let _ = shower.wait();

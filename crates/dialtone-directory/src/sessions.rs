@@ -836,13 +836,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                     "a link offer is 4 characters of 0-9A-Z and an endpoint",
                 ));
             }
-            let device = st
-                .sessions
-                .lock()
-                .get(&me)
-                .and_then(|l| l.iter().find(|d| d.id == ctx.session))
-                .map(|d| d.cert.device_id)
-                .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))?;
+            let device = session_device(st, &me, ctx.session)?;
             let info = LinkOfferInfo {
                 identifier: me,
                 device_id: device,
@@ -1038,6 +1032,16 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
     }
 }
 
+/// The device of session `session` of `me` (its own session is closing if it is gone).
+fn session_device(st: &AppState, me: &Identifier, session: u64) -> Result<DeviceId, ApiError> {
+    st.sessions
+        .lock()
+        .get(me)
+        .and_then(|l| l.iter().find(|d| d.id == session))
+        .map(|d| d.cert.device_id)
+        .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))
+}
+
 /// [`Request::PublishDevices`]: checks the list against the account and makes it the
 /// published one; ends the sessions of devices that left it.
 async fn publish_devices(
@@ -1051,13 +1055,7 @@ async fn publish_devices(
     let bad = |m: String| err(ErrorCode::BadDeviceList, m);
     list.verify()
         .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
-    let requester = st
-        .sessions
-        .lock()
-        .get(&me)
-        .and_then(|l| l.iter().find(|d| d.id == ctx.session))
-        .map(|d| d.cert.device_id)
-        .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))?;
+    let requester = session_device(st, &me, ctx.session)?;
     if list.identifier != me {
         return Err(bad(format!(
             "the device list is for {}, not {me}",
