@@ -127,6 +127,11 @@ pub struct Pin {
     /// LAN mode, with the directory out of reach, refuses a device that is not on it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceId>,
+    /// The directory last said this person is not an accepted contact (removed, blocked, or
+    /// only asked): LAN mode, which trusts pins while the directory is away, neither reaches
+    /// nor accepts them. Cleared when they are accepted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_a_contact: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -422,6 +427,7 @@ impl Home {
                         proven: false,
                         registration_lock: false,
                         devices: Vec::new(),
+                        not_a_contact: false,
                     },
                 )
             })

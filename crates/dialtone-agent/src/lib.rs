@@ -341,6 +341,9 @@ pub struct ConnectionView {
     pub identifier: Identifier,
     /// Their device.
     pub device: DeviceId,
+    /// Names this connection while the agent runs: a new connection to the same device gets
+    /// another number (so a path change can be told from a reconnection).
+    pub conn_id: u64,
     /// Direct or relayed, the remote address and the round-trip time.
     #[serde(flatten)]
     pub path: dialtone_net::PathInfo,
@@ -622,6 +625,22 @@ impl Inner {
         if let Reply::Contacts { contacts } = reply {
             let known: HashSet<Identifier> =
                 contacts.iter().map(|c| c.identifier.clone()).collect();
+            {
+                // The full list: a pinned person missing from it, or not accepted in it, was
+                // removed or blocked (perhaps while this agent was off). LAN mode must know.
+                let mut st = self.lock();
+                let mut changed = false;
+                for (id, pin) in st.pins.iter_mut() {
+                    let not_a_contact = !contacts
+                        .iter()
+                        .any(|c| c.identifier == *id && c.relation == Relation::Accepted);
+                    changed |= pin.not_a_contact != not_a_contact;
+                    pin.not_a_contact = not_a_contact;
+                }
+                if changed && let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
+            }
             let stale: Vec<Identifier> = self
                 .lock()
                 .contacts
@@ -680,6 +699,7 @@ impl Inner {
                                 proven: false,
                                 registration_lock: false,
                                 devices: Vec::new(),
+                                not_a_contact: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -719,6 +739,16 @@ impl Inner {
             if c.relation != Relation::Accepted {
                 // Removed, blocked, or only asked: they may not talk to us (any more).
                 close_connections_of(&mut st, &c.identifier);
+            }
+            let not_a_contact = c.relation != Relation::Accepted;
+            if let Some(pin) = st.pins.get_mut(&c.identifier)
+                && pin.not_a_contact != not_a_contact
+            {
+                // Remembered for LAN mode, which cannot ask the directory.
+                pin.not_a_contact = not_a_contact;
+                if let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
             }
             if c.relation == Relation::None {
                 st.contacts.remove(&c.identifier);
@@ -800,7 +830,9 @@ impl AgentHandle {
                 let contact = st
                     .pins
                     .iter()
-                    .find(|(_, pin)| lan::key_tag(&pin.identity_key) == p.key_tag)
+                    .find(|(_, pin)| {
+                        !pin.not_a_contact && lan::key_tag(&pin.identity_key) == p.key_tag
+                    })
                     .map(|(id, _)| id.clone());
                 serde_json::json!({
                     "device": p.device,
@@ -822,6 +854,7 @@ impl AgentHandle {
             .map(|(device, pc)| ConnectionView {
                 identifier: pc.identifier.clone(),
                 device: *device,
+                conn_id: pc.conn.stable_id() as u64,
                 path: dialtone_net::selected_path(&pc.conn),
                 idle_secs: pc.last_used.elapsed().as_secs(),
             })
@@ -990,6 +1023,7 @@ impl AgentHandle {
                 proven: true,
                 registration_lock: kt::proven_lock(&self.inner, who, &key),
                 devices: Vec::new(),
+                not_a_contact: false,
             },
         );
         self.inner

@@ -56,6 +56,14 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     let Some(remote) = dialtone_net::remote_device(&conn) else {
         return dialtone_net::close(&conn, CloseCode::BadCertificate);
     };
+    // --direct-only: not a byte of ours over the relay, not even the hello. (Stopping a bit
+    // before the dialer's own deadline, so that it learns why.)
+    if inner.config.direct_only
+        && !dialtone_net::wait_direct(&conn, inner.config.connect_timeout * 3 / 4).await
+    {
+        debug!(peer = %remote.short(), "no direct path (direct-only): closing");
+        return dialtone_net::close(&conn, CloseCode::NoDirectPath);
+    }
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
         let hello = match read_frame(&mut recv).await {
@@ -126,8 +134,8 @@ async fn verify_hello(
             // LAN mode with the directory down: a contact whose key we pinned earlier.
             Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
                 match inner.lock().pins.get(id) {
-                    Some(pin) => pin.identity_key,
-                    None => return Err(CloseCode::NotAContact),
+                    Some(pin) if !pin.not_a_contact => pin.identity_key,
+                    _ => return Err(CloseCode::NotAContact),
                 }
             }
             _ => return Err(CloseCode::NotAContact),
@@ -190,6 +198,7 @@ async fn verify_hello(
                     proven: true,
                     registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
                     devices: Vec::new(),
+                    not_a_contact: false,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -300,7 +309,7 @@ fn deliver(
         let accepted = match st.contacts.get(&from) {
             Some(c) => c.relation == Relation::Accepted,
             // LAN mode with the directory down: contacts pinned earlier (as the hello checked).
-            None => lan_only && st.pins.contains_key(&from),
+            None => lan_only && st.pins.get(&from).is_some_and(|p| !p.not_a_contact),
         };
         (st.presence, accepted)
     };
@@ -485,9 +494,9 @@ pub(crate) async fn send_text(
         return Err(SendError::Refused {
             refusal: worst,
             message: format!(
-                "no direct path to {to} came up, and this agent runs with --direct-only, which \
-                 refuses relayed paths; nothing was sent and nothing is kept. Start the agent \
-                 without --direct-only to allow the relay"
+                "no direct path to {to} (direct-only): none came up, and this agent runs with \
+                 --direct-only, which sends nothing over the relay; nothing was sent and nothing \
+                 is kept. Start the agent without --direct-only to allow the relay"
             ),
         });
     }
@@ -497,7 +506,11 @@ pub(crate) async fn send_text(
 /// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
 /// pinned for `to`. The hello still proves each device's certificate for that key.
 async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
-    let Some(pin) = inner.lock().pins.get(&to).cloned() else {
+    let pin = inner.lock().pins.get(&to).cloned();
+    if pin.as_ref().is_some_and(|p| p.not_a_contact) {
+        return Err(SendError::refused(Refusal::NotAContact, &to));
+    }
+    let Some(pin) = pin else {
         return Err(SendError::Invalid(format!(
             "the directory is unreachable, and {to} is not a contact you have talked to before \
              (no pinned key), so they cannot be found on the LAN; try again when the directory \
@@ -623,6 +636,7 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
         CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
         CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
+        CloseCode::NoDirectPath => Refusal::Unreachable,
         _ => Refusal::PeerRefused,
     })
 }
@@ -648,6 +662,18 @@ async fn connection(
             debug!(peer = %device.short(), "connect failed: {e}");
             Refusal::Unreachable
         })?;
+    // --direct-only: wait for a direct path before the first stream, so that no hello and no
+    // message crosses the relay (only iroh's QUIC handshake and hole-punching frames do).
+    if inner.config.direct_only {
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if !dialtone_net::wait_direct(&conn, left).await {
+            debug!(peer = %device.short(), "no direct path (direct-only)");
+            dialtone_net::close(&conn, CloseCode::NoDirectPath);
+            return Err(Refusal::Unreachable);
+        }
+    }
     let remaining = timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));

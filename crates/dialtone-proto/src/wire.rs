@@ -124,6 +124,9 @@ pub enum CloseCode {
     /// The peer's device is not on its owner's device list in the transparency log (revoked,
     /// or never linked).
     DeviceRevoked,
+    /// This side runs `--direct-only` and no direct path came up: it exchanges nothing over
+    /// the relay.
+    NoDirectPath,
 }
 
 impl CloseCode {
@@ -140,6 +143,7 @@ impl CloseCode {
             Self::SplitView => 15,
             Self::Unproven => 16,
             Self::DeviceRevoked => 17,
+            Self::NoDirectPath => 18,
         }
     }
 
@@ -156,6 +160,7 @@ impl CloseCode {
             Self::SplitView,
             Self::Unproven,
             Self::DeviceRevoked,
+            Self::NoDirectPath,
         ]
         .into_iter()
         .find(|c| u64::from(c.code()) == code)
