@@ -66,18 +66,26 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     }
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
-        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
-            return Err(CloseCode::Protocol);
+        let hello = match read_frame(&mut recv).await {
+            Ok(Frame::Hello(hello)) => hello,
+            // A new device of this account, linking (it is nobody's contact yet).
+            Ok(Frame::LinkRequest { offer, name, proof }) => {
+                return Ok(Err((send, recv, offer, name, proof)));
+            }
+            _ => return Err(CloseCode::Protocol),
         };
         let identifier = verify_hello(&inner, &hello, remote, None).await?;
         write_frame(&mut send, &my_hello(&inner))
             .await
             .map_err(|_| CloseCode::Protocol)?;
         let _ = send.finish();
-        Ok(identifier)
+        Ok(Ok(identifier))
     };
     match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
-        Ok(Ok(identifier)) => {
+        Ok(Ok(Err((send, recv, offer, name, proof)))) => {
+            crate::link::incoming(&inner, conn, (send, recv), remote, offer, name, proof).await;
+        }
+        Ok(Ok(Ok(identifier))) => {
             debug!(peer = %remote.short(), "incoming peer connection verified");
             register(&inner, conn, remote, identifier);
         }
@@ -149,8 +157,20 @@ async fn verify_hello(
         debug!(peer = %id, "identity not proven: {f}");
         return Err(CloseCode::Unproven);
     }
+    // The device must be on the person's device list in the log (a revoked one is not).
+    match crate::kt::ensure_device(inner, id, &cert.identity_key, &remote).await {
+        Ok(()) => {}
+        Err(f @ crate::kt::KtFailure::DeviceNotListed { .. }) => {
+            warn!(peer = %id, device = %remote.short(), "refused a device that is not on the list: {f}");
+            return Err(CloseCode::DeviceRevoked);
+        }
+        Err(f) => {
+            debug!(peer = %id, "device list not proven: {f}");
+            return Err(CloseCode::Unproven);
+        }
+    }
     let mut st = inner.lock();
-    match st.pins.get(id).copied() {
+    match st.pins.get(id).cloned() {
         Some(pin) if pin.identity_key != cert.identity_key => {
             if st.warned.insert((id.clone(), cert.identity_key)) {
                 drop(st);
@@ -159,7 +179,11 @@ async fn verify_hello(
                     pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                     new_fingerprint: cert.identity_key.fingerprint().to_string(),
                     verified: pin.verified,
+                    reset: crate::kt::reset_kind(&pin),
                 });
+                if pin.registration_lock {
+                    crate::kt::judge_locked_change(inner, id.clone(), cert.identity_key);
+                }
             }
             return Err(CloseCode::KeyChanged);
         }
@@ -172,6 +196,8 @@ async fn verify_hello(
                     pinned_at: now_secs(),
                     verified: false,
                     proven: true,
+                    registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
+                    devices: Vec::new(),
                     not_a_contact: false,
                 },
             );
@@ -452,6 +478,7 @@ pub(crate) async fn send_text(
     }
     let worst = [
         Refusal::DirectoryUntrusted,
+        Refusal::DeviceRevoked,
         Refusal::KeyChanged,
         Refusal::NotAContact,
         Refusal::DoNotDisturb,
@@ -479,8 +506,8 @@ pub(crate) async fn send_text(
 /// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
 /// pinned for `to`. The hello still proves each device's certificate for that key.
 async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
-    let pin = inner.lock().pins.get(&to).copied();
-    if pin.is_some_and(|p| p.not_a_contact) {
+    let pin = inner.lock().pins.get(&to).cloned();
+    if pin.as_ref().is_some_and(|p| p.not_a_contact) {
         return Err(SendError::refused(Refusal::NotAContact, &to));
     }
     let Some(pin) = pin else {
@@ -607,6 +634,7 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
         CloseCode::NotAContact => Refusal::NotAContact,
         CloseCode::KeyChanged => Refusal::PeerRefused,
         CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
+        CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
         CloseCode::NoDirectPath => Refusal::Unreachable,
         _ => Refusal::PeerRefused,
@@ -676,6 +704,7 @@ async fn connection(
                 CloseCode::KeyChanged => Refusal::KeyChanged,
                 CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
                 CloseCode::NotAContact => Refusal::NotAContact,
+                CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
                 _ => Refusal::PeerRefused,
             })
         }
