@@ -35,6 +35,7 @@ pub mod provision;
 mod reglock;
 mod sessions;
 mod store;
+mod ws;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -291,6 +292,7 @@ impl Server {
         }
         self.cancel.cancel();
         self.state.sessions.shutdown.cancel();
+        self.state.sessions.kill_all();
         let _ = self.task.await;
         let tasks = &self.state.sessions.tasks;
         tasks.close();

@@ -9,17 +9,14 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use axum::{
     Extension,
-    extract::{
-        Query, State,
-        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
-    },
+    extract::{Query, State},
     http::StatusCode,
     response::Response,
 };
@@ -34,16 +31,18 @@ use dialtone_proto::{
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
 };
-use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
+use tungstenite::Utf8Bytes;
 
 use crate::{
     AppState,
     http::{ApiError, ClientAddr, now_secs},
     store::{Account, LockChange, StoreError, q},
+    ws::{self, Incoming, WsConn, WsError},
 };
 
 /// The directory's secret for session challenges, random per process (a restart voids the
@@ -98,11 +97,6 @@ const MAX_LINK_OFFERS: usize = 10_000;
 /// How long a device-link offer stays open.
 const LINK_OFFER_TTL: Duration = Duration::from_secs(600);
 
-/// WebSocket read buffer per session. Frames are small (requests of a few hundred bytes); a
-/// larger one only grows the buffer while it is read. tungstenite's default, 128 KiB, would
-/// cost more than everything else a session holds.
-const WS_READ_BUFFER: usize = 512;
-
 #[derive(Debug)]
 struct DeviceSession {
     id: u64,
@@ -111,17 +105,19 @@ struct DeviceSession {
     state: Option<PresenceState>,
     message: Option<String>,
     endpoint: EndpointInfo,
+    /// Its pushes, and the flag that ends it.
     queue: Arc<PushQueue>,
-    kill: CancellationToken,
 }
 
 /// Pushes waiting to be written to one device: JSON serialized once per fan-out and shared by
 /// every recipient. Allocates nothing while empty, so an idle session costs no queue memory
-/// (a tokio channel allocates a block of slots up front).
+/// (a tokio channel allocates a block of slots up front). It also carries the order to end
+/// the session (a replaced or stuck device, shutdown), with the same wake-up.
 #[derive(Debug, Default)]
 struct PushQueue {
     frames: Mutex<VecDeque<Utf8Bytes>>,
     ready: Notify,
+    killed: AtomicBool,
 }
 
 impl PushQueue {
@@ -153,6 +149,16 @@ impl PushQueue {
             *q = VecDeque::new();
         }
         f
+    }
+
+    /// Ends the session: it closes at its next turn.
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
     }
 }
 
@@ -255,6 +261,14 @@ impl Sessions {
         true
     }
 
+    /// Ends every session (shutdown, after [`Sessions::shutdown`] is cancelled: a session
+    /// that registers later sees that and ends itself).
+    pub(crate) fn kill_all(&self) {
+        for d in self.lock().values().flatten() {
+            d.queue.kill();
+        }
+    }
+
     /// Number of open sessions.
     pub(crate) fn count(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -280,7 +294,7 @@ impl Sessions {
         for who in to {
             for d in map.get(who).into_iter().flatten() {
                 if !d.queue.offer(text.clone()) {
-                    d.kill.cancel();
+                    d.queue.kill();
                 }
             }
         }
@@ -321,7 +335,7 @@ impl Sessions {
             let map = self.lock();
             for d in map.get(subject).into_iter().flatten() {
                 if removed.contains(&d.cert.device_id) {
-                    d.kill.cancel();
+                    d.queue.kill();
                 }
             }
         }
@@ -405,7 +419,7 @@ pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
     Extension(_addr): Extension<ClientAddr>,
     params: Result<Query<SessionParams>, axum::extract::rejection::QueryRejection>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<ws::Upgrade, ws::NotUpgrade>,
 ) -> Result<Response, ApiError> {
     let Ok(Query(p)) = params else {
         return Err(bad(
@@ -496,17 +510,18 @@ pub(crate) async fn upgrade(
         )
     })?;
     let start = Box::new(Start { account, cert });
-    Ok(ws
-        .read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(MAX_WS_FRAME_LEN)
-        .max_frame_size(MAX_WS_FRAME_LEN)
-        .on_upgrade(move |socket| {
-            // Split here and box the session: the task then holds only what a live session
-            // needs (see `run_session`), not the upgrade's arguments as well.
-            let tasks = st.sessions.tasks.clone();
-            let (sink, stream) = socket.split();
-            tasks.track_future(Box::pin(run_session(open_session(st, sink, stream, start))))
-        }))
+    let (response, on_upgrade) = ws.accept();
+    // The session runs in a task of its own that holds only a pointer to its state (see
+    // `run_session`): nothing of the request or the upgrade stays behind.
+    let tasks = st.sessions.tasks.clone();
+    tasks.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let conn = WsConn::new(TokioIo::new(upgraded), &[], MAX_WS_FRAME_LEN);
+        Box::pin(run_session(open_session(st, conn, start))).await;
+    });
+    Ok(response)
 }
 
 /// Who a new session belongs to (boxed: it travels through the upgrade).
@@ -515,8 +530,8 @@ struct Start {
     cert: DeviceCertificate,
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocket>;
+/// The WebSocket of a session, over the connection the upgrade handed over.
+type Conn = WsConn<TokioIo<hyper::upgrade::Upgraded>>;
 
 struct Ctx {
     account: Account,
@@ -528,21 +543,17 @@ struct Ctx {
 /// instead of its arguments (an async fn keeps its arguments twice) and the account.
 struct Live {
     st: Arc<AppState>,
-    sink: Sink,
-    stream: Stream,
+    conn: Conn,
     ctx: Ctx,
     queue: Arc<PushQueue>,
-    kill: CancellationToken,
     /// The Welcome frame, encoded; taken when it is sent.
     welcome: Option<Utf8Bytes>,
 }
 
 /// Registers a new session (replacing an older one of the same device) and prepares it.
-fn open_session(st: Arc<AppState>, sink: Sink, stream: Stream, start: Box<Start>) -> Box<Live> {
+fn open_session(st: Arc<AppState>, conn: Conn, start: Box<Start>) -> Box<Live> {
     let Start { account, cert } = *start;
     let queue = Arc::new(PushQueue::default());
-    // Cancelled by shutdown too: one token to wait on instead of two.
-    let kill = st.sessions.shutdown.child_token();
     let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
     let device = cert.device_id;
     {
@@ -560,16 +571,20 @@ fn open_session(st: Arc<AppState>, sink: Sink, stream: Stream, start: Box<Start>
             message: None,
             endpoint: EndpointInfo::default(),
             queue: queue.clone(),
-            kill: kill.clone(),
         };
         if let Some(i) = list.iter().position(|d| d.cert.device_id == device) {
             let old = list.swap_remove(i);
-            old.kill.cancel();
+            old.queue.kill();
             session.state = old.state;
             session.message = old.message;
             session.endpoint = old.endpoint;
         }
         list.push(session);
+    }
+    // Shutdown kills the sessions it finds registered; one that registered after that sees
+    // the cancellation here.
+    if st.sessions.shutdown.is_cancelled() {
+        queue.kill();
     }
     debug!(session = id, "session opened");
     let welcome = encode(&ServerFrame::Welcome {
@@ -585,11 +600,9 @@ fn open_session(st: Arc<AppState>, sink: Sink, stream: Stream, start: Box<Start>
     };
     Box::new(Live {
         st,
-        sink,
-        stream,
+        conn,
         ctx,
         queue,
-        kill,
         welcome,
     })
 }
@@ -597,40 +610,68 @@ fn open_session(st: Arc<AppState>, sink: Sink, stream: Stream, start: Box<Start>
 /// One device's session, from the upgrade to the close. Every session of the directory is one
 /// of these futures, so it is kept small: its state lives in [`Live`], large values are never
 /// held across an await (frames are encoded before they are sent), and the rare large steps
-/// are boxed.
+/// are boxed. One task reads and writes the WebSocket: there is no split, and no buffer is
+/// kept while the session waits (see [`crate::ws`]).
 async fn run_session(mut live: Box<Live>) {
     let s = &mut *live;
     // A peer that stops reading must not hold the session (and its presence) open through a
     // blocked write: a send that takes longer than the session timeout ends the session.
     let limit_send = s.st.config.session.timeout;
-    let mut ok = send(&mut s.sink, limit_send, s.welcome.take()).await;
+    let mut ok = match s.welcome.take() {
+        Some(w) => send(&mut s.conn, limit_send, Out::Text(w.as_str())).await,
+        None => true,
+    };
     let mut ping = tokio::time::interval(s.st.config.session.heartbeat);
     let mut last_heard = Instant::now();
+    // The close code to end with, if the client broke the protocol.
+    let mut close_code = None;
     while ok {
         // Checked on every turn, so a steady stream of pushes cannot starve the check.
         if last_heard.elapsed() > s.st.config.session.timeout {
             debug!(session = s.ctx.session, "session timed out");
             break;
         }
+        if s.queue.is_killed() {
+            break;
+        }
         tokio::select! {
             biased;
-            _ = s.kill.cancelled() => break,
-            msg = s.stream.next() => {
+            msg = std::future::poll_fn(|cx| s.conn.poll_next(cx)) => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Text(t))) => {
+                    Ok(Incoming::Text(t)) => {
                         // Boxed: the request handling is the bulk of this future, and an
                         // idle session should not carry its space.
-                        let text = encode(&Box::pin(handle_text(&s.st, &mut s.ctx, t.as_str())).await);
-                        ok = send(&mut s.sink, limit_send, text).await;
+                        let text = encode(&Box::pin(handle_text(&s.st, &mut s.ctx, &t)).await);
+                        drop(t);
+                        if let Some(text) = text {
+                            ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
+                        }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Ok(Incoming::Binary) => {
                         let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
-                        let text = encode(&ServerFrame::Error { id: 0, error: e });
-                        ok = send(&mut s.sink, limit_send, text).await;
+                        if let Some(text) = encode(&ServerFrame::Error { id: 0, error: e }) {
+                            ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
+                        }
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                    Ok(Incoming::Ping(p)) => {
+                        ok = send(&mut s.conn, limit_send, Out::Pong(&p)).await;
+                    }
+                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Close(code)) => {
+                        // Answer with the code it closed with (RFC 6455 §5.5.1).
+                        close_code = code.filter(|c| (1000..5000).contains(c) && *c != 1005);
+                        break;
+                    }
+                    Err(WsError::Protocol(code, why)) => {
+                        debug!(session = s.ctx.session, "bad WebSocket frame: {why}");
+                        close_code = Some(code);
+                        break;
+                    }
+                    Err(WsError::Io(e)) => {
+                        debug!(session = s.ctx.session, "connection ended: {e}");
+                        break;
+                    }
                 }
             }
             () = s.queue.ready.notified() => {
@@ -638,7 +679,7 @@ async fn run_session(mut live: Box<Live>) {
                 // by a steady stream of pushes; a wake-up is left for the rest.
                 for _ in 0..32 {
                     let Some(text) = s.queue.take() else { break };
-                    ok = send_message(&mut s.sink, limit_send, Message::Text(text)).await;
+                    ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
                     if !ok {
                         break;
                     }
@@ -648,11 +689,11 @@ async fn run_session(mut live: Box<Live>) {
                 }
             }
             _ = ping.tick() => {
-                ok = send_message(&mut s.sink, limit_send, Message::Ping(Vec::new().into())).await;
+                ok = send(&mut s.conn, limit_send, Out::Ping).await;
             }
         }
     }
-    let _ = send_message(&mut s.sink, Duration::from_secs(1), Message::Close(None)).await;
+    let _ = send(&mut s.conn, Duration::from_secs(1), Out::Close(close_code)).await;
     let id = s.ctx.session;
     let removed = {
         let mut map = s.st.sessions.lock();
@@ -673,26 +714,31 @@ async fn run_session(mut live: Box<Live>) {
     }
 }
 
-/// Sends one frame as JSON text; false if the session must end.
-async fn send(sink: &mut Sink, limit: Duration, text: Option<Utf8Bytes>) -> bool {
-    match text {
-        Some(text) => send_message(sink, limit, Message::Text(text)).await,
-        None => true,
-    }
+/// A frame the session sends.
+enum Out<'a> {
+    Text(&'a str),
+    Ping,
+    Pong(&'a [u8]),
+    Close(Option<u16>),
 }
 
-/// Sends one message within `limit`; false if it failed or took too long. Boxed: a send
-/// (with its timer) is the largest thing a session waits on, and only while it sends.
-fn send_message(
-    sink: &mut Sink,
+/// Sends one frame within `limit`; false if it failed or took too long. Boxed: a send (with
+/// its timer) is the largest thing a session waits on, and only while it sends.
+fn send<'a>(
+    conn: &'a mut Conn,
     limit: Duration,
-    msg: Message,
-) -> std::pin::Pin<Box<impl Future<Output = bool> + Send + '_>> {
+    out: Out<'a>,
+) -> std::pin::Pin<Box<impl Future<Output = bool> + Send + 'a>> {
     Box::pin(async move {
-        matches!(
-            tokio::time::timeout(limit, sink.send(msg)).await,
-            Ok(Ok(()))
-        )
+        let sent = async {
+            match out {
+                Out::Text(t) => conn.send_text(t).await,
+                Out::Ping => conn.send_ping().await,
+                Out::Pong(p) => conn.send_pong(p).await,
+                Out::Close(code) => conn.send_close(code).await,
+            }
+        };
+        matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(())))
     })
 }
 
@@ -1262,7 +1308,6 @@ mod tests {
                 relay_url: None,
             },
             queue: Arc::default(),
-            kill: CancellationToken::new(),
         }
     }
 
