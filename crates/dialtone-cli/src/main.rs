@@ -631,7 +631,13 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     let cert = home.device_cert()?;
     // The device list to publish: this device, plus the other devices of this key if the
     // identifier is bound to it already (a re-registration keeps them).
-    let current = client.lookup(&identifier).await.ok();
+    // Not registered yet is fine; any other failure must stop here, or the list below would
+    // drop (revoke) this key's other devices.
+    let current = match client.lookup(&identifier).await {
+        Ok(rec) => Some(rec),
+        Err(DirectoryError::Refused { body, .. }) if body.error == ErrorCode::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut entries = Vec::new();
     let mut previous_version = None;
     let mut other_key_locked = false;

@@ -571,7 +571,10 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
     let Some(hash) = lock.hash else {
         return Ok(false);
     };
-    if account.identity_key == req.identity_key || now_secs() > lock.last_seen.saturating_add(lapse)
+    // A device online now keeps the lock in force, however long its session has been open.
+    let online = st.sessions.is_online(&req.identifier);
+    if account.identity_key == req.identity_key
+        || (!online && now_secs() > lock.last_seen.saturating_add(lapse))
     {
         // The key holder itself, or a lock that lapsed (no device online for `lock_lapse`).
         return Ok(false);

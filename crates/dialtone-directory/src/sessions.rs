@@ -269,6 +269,11 @@ impl Sessions {
         }
     }
 
+    /// Whether any device of `id` has a session open.
+    pub(crate) fn is_online(&self, id: &Identifier) -> bool {
+        self.lock().get(id).is_some_and(|l| !l.is_empty())
+    }
+
     /// Number of open sessions.
     pub(crate) fn count(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -1163,6 +1168,13 @@ async fn publish_devices(
                 ));
             }
             let current = q::device_list(&tx, &m2)?;
+            // How the key was bound is carried over from list to list; with no list yet
+            // (a key bound by an older client), no PIN was given for it.
+            if current.is_none() && list.unlocked_with_pin {
+                return Err(StoreError::Invalid(
+                    "this key was not bound with a registration-lock PIN (unlocked_with_pin)".into(),
+                ));
+            }
             if let Some(cur) = &current {
                 if cur.version >= list.version {
                     return Err(StoreError::Invalid(format!(
