@@ -84,6 +84,15 @@ impl From<SessionError> for RpcError {
     }
 }
 
+impl From<crate::link::LinkError> for RpcError {
+    fn from(e: crate::link::LinkError) -> Self {
+        match e {
+            crate::link::LinkError::Session(s) => s.into(),
+            e => Self::new(codes::AGENT, e.to_string()),
+        }
+    }
+}
+
 impl From<SendError> for RpcError {
     fn from(e: SendError) -> Self {
         match e {
@@ -335,6 +344,39 @@ async fn dispatch(
             let body: String = param(&params, "body")?;
             let d = agent.send(to, body).await?;
             Ok(serde_json::to_value(d).unwrap_or(Value::Null))
+        }
+        "devices.list" => {
+            let list = agent.device_list().await?;
+            Ok(json!({"list": list, "this_device": agent.device_id()}))
+        }
+        "devices.publish" => {
+            let list = param(&params, "list")?;
+            let certs: Option<Vec<dialtone_proto::DeviceCertificate>> = param(&params, "certs")?;
+            let pin: Option<String> = param(&params, "pin")?;
+            agent
+                .publish_devices(list, certs.unwrap_or_default(), pin)
+                .await?;
+            done()
+        }
+        "devices.link_start" => {
+            Ok(serde_json::to_value(agent.link_start().await?).unwrap_or(Value::Null))
+        }
+        "devices.link_wait" => {
+            let secs: Option<u64> = param(&params, "timeout_secs")?;
+            let secs = secs.unwrap_or(crate::link::OFFER_TTL.as_secs()).min(3600);
+            let j = agent.link_wait(Duration::from_secs(secs)).await?;
+            Ok(serde_json::to_value(j).unwrap_or(Value::Null))
+        }
+        "devices.link_finish" => {
+            let cert = param(&params, "cert")?;
+            let list = param(&params, "list")?;
+            let pin: Option<String> = param(&params, "pin")?;
+            agent.link_finish(cert, list, pin).await?;
+            done()
+        }
+        "devices.link_cancel" => {
+            agent.link_cancel().await;
+            done()
         }
         "events.subscribe" => {
             *events = Some(agent.subscribe());

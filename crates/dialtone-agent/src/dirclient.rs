@@ -201,6 +201,23 @@ impl DirectoryClient {
         self.get("/v1/kt/keys").await
     }
 
+    /// The public record of an identifier (`GET /v1/lookup/{identifier}`): keys and the
+    /// (unproven) device list.
+    pub async fn lookup(
+        &self,
+        id: &dialtone_proto::Identifier,
+    ) -> Result<dialtone_proto::directory::PublicRecord, DirectoryError> {
+        self.get(&format!("/v1/lookup/{}", id.as_str())).await
+    }
+
+    /// Fetches a device-link offer, once (`GET /v1/link/{offer}`).
+    pub async fn link_offer(
+        &self,
+        offer: &str,
+    ) -> Result<dialtone_proto::directory::LinkOfferInfo, DirectoryError> {
+        self.get(&format!("/v1/link/{offer}")).await
+    }
+
     /// Starts a registration: the directory sends a code.
     pub async fn register_start(
         &self,

@@ -103,7 +103,7 @@ pub struct Settings {
 }
 
 /// A key pinned for a contact on first use.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pin {
     /// The pinned identity key.
     pub identity_key: IdentityKey,
@@ -119,6 +119,19 @@ pub struct Pin {
     /// used while the directory cannot be asked.
     #[serde(default)]
     pub proven: bool,
+    /// Whether the key's proven device list says it has a registration lock: a later key
+    /// change without the lock's PIN is then flagged as the directory bypassing the lock.
+    #[serde(default)]
+    pub registration_lock: bool,
+    /// The devices on the key's device list when it was last proven (empty: no list known).
+    /// LAN mode, with the directory out of reach, refuses a device that is not on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceId>,
+    /// The directory last said this person is not an accepted contact (removed, blocked, or
+    /// only asked): LAN mode, which trusts pins while the directory is away, neither reaches
+    /// nor accepts them. Cleared when they are accepted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_a_contact: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -365,6 +378,80 @@ impl Home {
     /// Writes the pinned keys.
     pub fn save_pins(&self, pins: &BTreeMap<Identifier, Pin>) -> Result<(), HomeError> {
         write_private(&self.path("pins.json"), &to_json(pins))
+    }
+
+    /// Whether this device was linked to an account (`dialtone device link CODE`): it has the
+    /// identity's public key and a certificate, but not the identity secret key.
+    pub fn is_linked(&self) -> bool {
+        self.path("identity.pub").exists() && !self.has_identity()
+    }
+
+    /// The device key of a device about to be linked: made on first call (in a home without
+    /// an identity), the same on later calls (a link that failed halfway can be retried).
+    pub fn new_device_key(&self) -> Result<Zeroizing<[u8; 32]>, HomeError> {
+        if self.path("identity.pub").exists() {
+            return Err(HomeError::IdentityExists(self.root.clone()));
+        }
+        if self.path("device.key").exists() {
+            return self.device_secret();
+        }
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut seed[..]);
+        write_private(
+            &self.path("device.key"),
+            format!("{}\n", hex::encode(*seed)).as_bytes(),
+        )?;
+        Ok(seed)
+    }
+
+    /// Stores what a device received when it was linked: the identity's public key, its
+    /// certificate, the contacts' pins, the log's keys, and the registration.
+    pub fn store_linked(
+        &self,
+        bundle: &dialtone_proto::devices::LinkBundle,
+        directory: &str,
+        pins: &[dialtone_proto::devices::LinkedPin],
+    ) -> Result<(), HomeError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let pins: BTreeMap<Identifier, Pin> = pins
+            .iter()
+            .map(|p| {
+                (
+                    p.identifier.clone(),
+                    Pin {
+                        identity_key: p.identity_key,
+                        pinned_at: now,
+                        verified: p.verified,
+                        proven: false,
+                        registration_lock: false,
+                        devices: Vec::new(),
+                        not_a_contact: false,
+                    },
+                )
+            })
+            .collect();
+        self.save_pins(&pins)?;
+        if let Some((keys, checkpoint)) = &bundle.kt {
+            self.save_kt(&crate::kt::KtState {
+                directory: directory.to_owned(),
+                keys: keys.clone(),
+                checkpoint: *checkpoint,
+                roots: BTreeMap::new(),
+            })?;
+        }
+        write_private(&self.path("device.cert"), &to_json(&bundle.cert))?;
+        write_private(
+            &self.path("identity.pub"),
+            format!("{}\n", bundle.cert.identity_key).as_bytes(),
+        )?;
+        self.save_settings(&Settings {
+            directory: Some(directory.to_owned()),
+            identifier: Some(bundle.identifier.clone()),
+            registered: true,
+            ..self.settings()?
+        })
     }
 
     /// The transparency log pinned for the directory and the last checkpoint accepted

@@ -23,15 +23,17 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use akd::{AkdLabel, HistoryVerificationParams, configuration::DomainLabel};
 use dialtone_proto::{
-    Identifier, IdentityKey,
+    DeviceId, Identifier, IdentityKey,
+    devices::DeviceList,
     directory::{Reply, Request},
     transparency::{
         AKD_DOMAIN_LABEL, Checkpoint, Hash32, KtAudit, KtKeys, MAX_AUDIT_EPOCHS, kt_value_key,
+        kt_value_list,
     },
 };
 use futures_util::FutureExt;
@@ -123,6 +125,17 @@ pub enum KtFailure {
         /// Fingerprint proven.
         proven: String,
     },
+    /// A device that the person's proven device list does not name (revoked, or never
+    /// linked). Not an attack by itself: a revoked device trying to connect looks like this.
+    #[error(
+        "device {device} is not on {identifier}'s device list in the transparency log (revoked or never linked)"
+    )]
+    DeviceNotListed {
+        /// Whose.
+        identifier: Identifier,
+        /// Which device (short id).
+        device: String,
+    },
     /// A peer holds a checkpoint that contradicts ours.
     #[error(
         "split view: {peer} was shown a different transparency log (epoch {epoch}) than you were; the directory is showing different people different keys"
@@ -146,12 +159,13 @@ impl KtFailure {
             Self::BadProof { .. } => "bad-proof",
             Self::KeyMismatch { .. } => "forged-key",
             Self::SplitView { .. } => "split-view",
+            Self::DeviceNotListed { .. } => "device-not-listed",
         }
     }
 
     /// Whether this means the directory (or a peer) lied, rather than an outage.
     pub fn is_attack(&self) -> bool {
-        !matches!(self, Self::Unavailable(_))
+        !matches!(self, Self::Unavailable(_) | Self::DeviceNotListed { .. })
     }
 }
 
@@ -161,13 +175,28 @@ impl From<SessionError> for KtFailure {
     }
 }
 
+/// What the log proved for an identifier.
+#[derive(Debug, Clone)]
+pub(crate) struct Proven {
+    /// The identity key.
+    pub(crate) key: IdentityKey,
+    /// The signed device list, if the person published one (`None`: a bare key, any device
+    /// with a certificate by the key is accepted).
+    pub(crate) devices: Option<DeviceList>,
+    /// When it was proven.
+    pub(crate) at: Instant,
+}
+
+/// A device list proven this recently is used without asking the log again.
+const DEVICE_LIST_FRESH: Duration = Duration::from_secs(15);
+
 /// The agent's transparency state.
 #[derive(Debug, Default)]
 pub(crate) struct KtClient {
     /// The pinned log; one check at a time.
     state: tokio::sync::Mutex<Option<KtState>>,
-    /// Keys proven for identifiers.
-    proven: Mutex<HashMap<Identifier, IdentityKey>>,
+    /// Keys (and device lists) proven for identifiers, and when.
+    proven: Mutex<HashMap<Identifier, Proven>>,
     /// Alarms already raised (kind + detail), so each is shown once.
     alarmed: Mutex<HashSet<String>>,
     /// The checkpoint held, readable without waiting for a check in progress.
@@ -365,8 +394,8 @@ async fn accept(inner: &Inner, st: &mut KtState, cp: Checkpoint) -> Result<(), K
     Ok(())
 }
 
-/// Proves `id`'s current key through the log and returns it.
-pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey, KtFailure> {
+/// Proves `id`'s current binding (key and device list) through the log.
+pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Proven, KtFailure> {
     let mut guard = inner.kt.state.lock().await;
     let st = state(inner, &mut guard).await?;
     let Reply::KtLookup { lookup } = ask(
@@ -401,9 +430,192 @@ pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey,
         )
     })
     .map_err(bad)?;
-    let key = kt_value_key(&r.value.0).ok_or_else(|| bad("not an identity key".into()))?;
-    lock(&inner.kt.proven).insert(id.clone(), key);
-    Ok(key)
+    let key = kt_value_key(&r.value.0)
+        .ok_or_else(|| bad("not an identity key or a validly signed device list".into()))?;
+    let devices = kt_value_list(&r.value.0);
+    if devices.as_ref().is_some_and(|l| l.identifier != *id) {
+        return Err(bad("the device list is for another identifier".into()));
+    }
+    let proven = Proven {
+        key,
+        devices,
+        at: Instant::now(),
+    };
+    lock(&inner.kt.proven).insert(id.clone(), proven.clone());
+    // Remember whether the pinned key has a registration lock, to judge a later key change.
+    let locked = proven.devices.as_ref().is_some_and(|l| l.registration_lock);
+    let devices: Vec<DeviceId> = proven
+        .devices
+        .as_ref()
+        .map(|l| l.devices.iter().map(|d| d.device_id).collect())
+        .unwrap_or_default();
+    let mut st = inner.lock();
+    if let Some(pin) = st.pins.get_mut(id)
+        && pin.identity_key == key
+        && (pin.registration_lock != locked || pin.devices != devices)
+    {
+        pin.registration_lock = locked;
+        pin.devices = devices;
+        if let Err(e) = inner.home.save_pins(&st.pins) {
+            warn!("cannot save pinned keys: {e}");
+        }
+    }
+    drop(st);
+    Ok(proven)
+}
+
+/// Proves `id`'s current key through the log and returns it.
+pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey, KtFailure> {
+    prove_record(inner, id).await.map(|p| p.key)
+}
+
+/// Whether the key proven last for `id` (if it is `key`) has a registration lock.
+pub(crate) fn proven_lock(inner: &Inner, id: &Identifier, key: &IdentityKey) -> bool {
+    lock(&inner.kt.proven)
+        .get(id)
+        .filter(|p| p.key == *key)
+        .and_then(|p| p.devices.as_ref())
+        .is_some_and(|l| l.registration_lock)
+}
+
+/// Tells the person, once, that this device was revoked.
+pub(crate) fn revoked(inner: &Inner) {
+    let message = format!(
+        "WARNING: this device ({}) is no longer on {}'s device list: it was revoked and can no \
+         longer connect to anyone. If that was not you, revoke the other devices from one you \
+         trust and set a registration lock; to use this device again, link it with `dialtone device link`",
+        inner.cert.name, inner.identifier
+    );
+    if lock(&inner.kt.alarmed).insert(message.clone()) {
+        warn!("this device was revoked");
+        inner.emit(Event::Transparency {
+            kind: "device-revoked",
+            message,
+        });
+    }
+}
+
+impl KtClient {
+    /// Forgets what was proven for `id` (its devices changed): the next check asks the log.
+    pub(crate) fn forget(&self, id: &Identifier) {
+        lock(&self.proven).remove(id);
+    }
+}
+
+/// How a contact's key change relates to the old key's registration lock (see
+/// [`crate::Event::KeyChanged`]).
+pub(crate) fn reset_kind(pin: &crate::home::Pin) -> &'static str {
+    if pin.registration_lock {
+        "locked"
+    } else {
+        "no-lock"
+    }
+}
+
+/// The old key of `id` had a registration lock: proves the new binding and raises the alarm
+/// if it was not bound with the lock's PIN (the directory bypassed the lock).
+pub(crate) fn judge_locked_change(inner: &Inner, id: Identifier, new_key: IdentityKey) {
+    let Some(inner) = inner.me.upgrade() else {
+        return;
+    };
+    tokio::spawn(async move {
+        // The new binding reaches the log at the directory's next epoch: ask until the log
+        // shows the new key (a log that never does is caught by the key checks).
+        let mut proven = None;
+        for _ in 0..20 {
+            match prove_record(&inner, &id).await {
+                Ok(p) if p.key == new_key => {
+                    proven = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                Err(f) => debug!(peer = %id, "cannot judge the key change yet: {f}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(proven) = proven else { return };
+        if proven.devices.as_ref().is_some_and(|l| l.unlocked_with_pin) {
+            return;
+        }
+        let message = format!(
+            "WARNING: {id} had a registration lock, but the directory bound a new key to {id} \
+             (fingerprint {}) without the lock's PIN. The directory bypassed the lock: treat the \
+             new key as an attacker's, and check with {id} in person",
+            proven.key.fingerprint()
+        );
+        if lock(&inner.kt.alarmed).insert(message.clone()) {
+            warn!(peer = %id, "registration lock bypassed");
+            inner.emit(Event::Transparency {
+                kind: "lock-bypassed",
+                message,
+            });
+        }
+    });
+}
+
+/// Makes sure `device` is on the device list the log proves for `id` (whose key `key` was
+/// proven already): a list proven in the last few seconds is used as it is, otherwise the log
+/// is asked again, so a revoked device is refused within seconds of the revocation. With the
+/// directory out of reach (LAN mode), the last proven list decides.
+pub(crate) async fn ensure_device(
+    inner: &Inner,
+    id: &Identifier,
+    key: &IdentityKey,
+    device: &DeviceId,
+) -> Result<(), KtFailure> {
+    let listed = |p: &Proven| p.devices.as_ref().is_none_or(|l| l.contains(device));
+    let cached = lock(&inner.kt.proven)
+        .get(id)
+        .filter(|p| p.key == *key)
+        .cloned();
+    let not_listed = || KtFailure::DeviceNotListed {
+        identifier: id.clone(),
+        device: device.short(),
+    };
+    // A recent proof that lists the device is enough; one that does not is asked again (the
+    // device may have been linked since).
+    if let Some(p) = &cached
+        && p.at.elapsed() < DEVICE_LIST_FRESH
+        && listed(p)
+    {
+        return Ok(());
+    }
+    let reachable = *inner.connected.borrow();
+    if !reachable {
+        // LAN mode or an outage: the last list proven (in this run, else the one kept with
+        // the pin), else the key alone.
+        let pinned: Vec<DeviceId> = inner
+            .lock()
+            .pins
+            .get(id)
+            .filter(|p| p.identity_key == *key)
+            .map(|p| p.devices.clone())
+            .unwrap_or_default();
+        return match &cached {
+            Some(p) if !listed(p) => Err(not_listed()),
+            Some(_) => Ok(()),
+            None if !pinned.is_empty() && !pinned.contains(device) => Err(not_listed()),
+            None => Ok(()),
+        };
+    }
+    match prove_record(inner, id).await {
+        Ok(p) if p.key != *key => Err(alarm(
+            inner,
+            KtFailure::KeyMismatch {
+                identifier: id.clone(),
+                claimed: key.fingerprint().to_string(),
+                proven: p.key.fingerprint().to_string(),
+            },
+        )),
+        Ok(p) if listed(&p) => Ok(()),
+        Ok(_) => Err(not_listed()),
+        Err(KtFailure::Unavailable(m)) => match &cached {
+            Some(p) if !listed(p) => Err(not_listed()),
+            Some(_) => Ok(()),
+            None => Err(KtFailure::Unavailable(m)),
+        },
+        Err(f) => Err(alarm(inner, f)),
+    }
 }
 
 /// Makes sure `claimed` is the key the log proves for `id`.
@@ -412,7 +624,7 @@ pub(crate) async fn ensure(
     id: &Identifier,
     claimed: &IdentityKey,
 ) -> Result<(), KtFailure> {
-    if lock(&inner.kt.proven).get(id) == Some(claimed) {
+    if lock(&inner.kt.proven).get(id).map(|p| p.key) == Some(*claimed) {
         return Ok(());
     }
     let lan_only = inner.lan.is_some() && !*inner.connected.borrow();
@@ -585,6 +797,14 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
     let mine = results
         .iter()
         .position(|r| kt_value_key(&r.value.0) == Some(inner.identity_key));
+    // Our key's newest list no longer names this device: it was revoked (by another of our
+    // devices, or by whoever holds the identity key).
+    if mine == Some(0)
+        && let Some(list) = results.first().and_then(|r| kt_value_list(&r.value.0))
+        && !list.contains(&inner.cert.device_id)
+    {
+        revoked(inner);
+    }
     let foreign = match mine {
         Some(i) => &results[..i],
         None => &results[..],

@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod home;
 pub mod kt;
 pub mod lan;
+pub mod link;
 mod peer;
 mod session;
 
@@ -181,6 +182,11 @@ pub enum Event {
         new_fingerprint: String,
         /// Whether the pinned key had been verified (then this is a hard block).
         verified: bool,
+        /// How the old key's registration lock bears on the change: `no-lock` (the old key
+        /// had none: whoever re-verified the identifier could have made this change) or
+        /// `locked` (it had one: a `transparency` event `lock-bypassed` follows if the new
+        /// key was bound without the PIN).
+        reset: &'static str,
     },
     /// A key-transparency check failed: the directory showed a key its log does not prove,
     /// rolled its log back, forked it, showed a peer a different log (split view), or bound a
@@ -335,6 +341,9 @@ pub struct ConnectionView {
     pub identifier: Identifier,
     /// Their device.
     pub device: DeviceId,
+    /// Names this connection while the agent runs: a new connection to the same device gets
+    /// another number (so a path change can be told from a reconnection).
+    pub conn_id: u64,
     /// Direct or relayed, the remote address and the round-trip time.
     #[serde(flatten)]
     pub path: dialtone_net::PathInfo,
@@ -362,6 +371,8 @@ pub(crate) struct State {
 /// Shared agent state; owned by the tasks through an `Arc`.
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The agent itself, for tasks spawned from `&self` methods.
+    me: std::sync::Weak<Inner>,
     home: Home,
     identifier: Identifier,
     identity_key: IdentityKey,
@@ -380,6 +391,7 @@ pub(crate) struct Inner {
     cancel: CancellationToken,
     shutdown_requested: tokio::sync::Notify,
     kt: kt::KtClient,
+    link: tokio::sync::Mutex<link::Slot>,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -466,7 +478,10 @@ impl Agent {
         let (session, session_rx) = session::SessionHandle::new();
         let (events, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
-        let inner = Arc::new(Inner {
+        let pins = home.pins()?;
+        let kt_state = home.kt_state()?.filter(|s| s.directory == directory);
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             identifier,
             identity_key,
             cert,
@@ -478,7 +493,7 @@ impl Agent {
                 presence: settings.state.unwrap_or(PresenceState::Online),
                 message: settings.status_message.clone(),
                 contacts: HashMap::new(),
-                pins: home.pins()?,
+                pins,
                 warned: HashSet::new(),
                 conns: HashMap::new(),
             }),
@@ -490,7 +505,8 @@ impl Agent {
             config: config.clone(),
             cancel: cancel.clone(),
             shutdown_requested: tokio::sync::Notify::new(),
-            kt: kt::KtClient::new(home.kt_state()?.filter(|s| s.directory == directory)),
+            kt: kt::KtClient::new(kt_state),
+            link: tokio::sync::Mutex::new(link::Slot::default()),
             home,
         });
         let mut tasks = Vec::new();
@@ -609,6 +625,22 @@ impl Inner {
         if let Reply::Contacts { contacts } = reply {
             let known: HashSet<Identifier> =
                 contacts.iter().map(|c| c.identifier.clone()).collect();
+            {
+                // The full list: a pinned person missing from it, or not accepted in it, was
+                // removed or blocked (perhaps while this agent was off). LAN mode must know.
+                let mut st = self.lock();
+                let mut changed = false;
+                for (id, pin) in st.pins.iter_mut() {
+                    let not_a_contact = !contacts
+                        .iter()
+                        .any(|c| c.identifier == *id && c.relation == Relation::Accepted);
+                    changed |= pin.not_a_contact != not_a_contact;
+                    pin.not_a_contact = not_a_contact;
+                }
+                if changed && let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
+            }
             let stale: Vec<Identifier> = self
                 .lock()
                 .contacts
@@ -656,7 +688,7 @@ impl Inner {
                 });
             }
             if c.relation == Relation::Accepted {
-                match st.pins.get(&c.identifier).copied() {
+                match st.pins.get(&c.identifier).cloned() {
                     None => {
                         st.pins.insert(
                             c.identifier.clone(),
@@ -665,6 +697,9 @@ impl Inner {
                                 pinned_at: now_secs(),
                                 verified: false,
                                 proven: false,
+                                registration_lock: false,
+                                devices: Vec::new(),
+                                not_a_contact: false,
                             },
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
@@ -681,7 +716,11 @@ impl Inner {
                                 pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                                 new_fingerprint: c.identity_key.fingerprint().to_string(),
                                 verified: pin.verified,
+                                reset: kt::reset_kind(&pin),
                             });
+                            if pin.registration_lock {
+                                kt::judge_locked_change(self, c.identifier.clone(), c.identity_key);
+                            }
                         }
                     }
                     Some(_) => {}
@@ -701,6 +740,16 @@ impl Inner {
                 // Removed, blocked, or only asked: they may not talk to us (any more).
                 close_connections_of(&mut st, &c.identifier);
             }
+            let not_a_contact = c.relation != Relation::Accepted;
+            if let Some(pin) = st.pins.get_mut(&c.identifier)
+                && pin.not_a_contact != not_a_contact
+            {
+                // Remembered for LAN mode, which cannot ask the directory.
+                pin.not_a_contact = not_a_contact;
+                if let Err(e) = self.home.save_pins(&st.pins) {
+                    warn!("cannot save pinned keys: {e}");
+                }
+            }
             if c.relation == Relation::None {
                 st.contacts.remove(&c.identifier);
             } else {
@@ -718,6 +767,10 @@ impl Inner {
                     .filter(|(d, pc)| pc.identifier == c.identifier && !online.contains(*d))
                     .map(|(d, _)| *d)
                     .collect();
+                if !gone.is_empty() {
+                    // A device that left may have been revoked: check the list afresh.
+                    self.kt.forget(&c.identifier);
+                }
                 for d in gone {
                     if let Some(pc) = st.conns.remove(&d) {
                         dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Idle);
@@ -777,7 +830,9 @@ impl AgentHandle {
                 let contact = st
                     .pins
                     .iter()
-                    .find(|(_, pin)| lan::key_tag(&pin.identity_key) == p.key_tag)
+                    .find(|(_, pin)| {
+                        !pin.not_a_contact && lan::key_tag(&pin.identity_key) == p.key_tag
+                    })
                     .map(|(id, _)| id.clone());
                 serde_json::json!({
                     "device": p.device,
@@ -799,6 +854,7 @@ impl AgentHandle {
             .map(|(device, pc)| ConnectionView {
                 identifier: pc.identifier.clone(),
                 device: *device,
+                conn_id: pc.conn.stable_id() as u64,
                 path: dialtone_net::selected_path(&pc.conn),
                 idle_secs: pc.last_used.elapsed().as_secs(),
             })
@@ -965,6 +1021,9 @@ impl AgentHandle {
                 pinned_at: now_secs(),
                 verified,
                 proven: true,
+                registration_lock: kt::proven_lock(&self.inner, who, &key),
+                devices: Vec::new(),
+                not_a_contact: false,
             },
         );
         self.inner
@@ -1048,6 +1107,11 @@ impl AgentHandle {
         tokio::time::timeout(timeout, rx.wait_for(|up| *up))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// This device's key.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.cert.device_id
     }
 
     /// Asks the agent's owner to stop (what `dialtone down` does).

@@ -56,20 +56,36 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     let Some(remote) = dialtone_net::remote_device(&conn) else {
         return dialtone_net::close(&conn, CloseCode::BadCertificate);
     };
+    // --direct-only: not a byte of ours over the relay, not even the hello. (Stopping a bit
+    // before the dialer's own deadline, so that it learns why.)
+    if inner.config.direct_only
+        && !dialtone_net::wait_direct(&conn, inner.config.connect_timeout * 3 / 4).await
+    {
+        debug!(peer = %remote.short(), "no direct path (direct-only): closing");
+        return dialtone_net::close(&conn, CloseCode::NoDirectPath);
+    }
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
-        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
-            return Err(CloseCode::Protocol);
+        let hello = match read_frame(&mut recv).await {
+            Ok(Frame::Hello(hello)) => hello,
+            // A new device of this account, linking (it is nobody's contact yet).
+            Ok(Frame::LinkRequest { offer, name, proof }) => {
+                return Ok(Err((send, recv, offer, name, proof)));
+            }
+            _ => return Err(CloseCode::Protocol),
         };
         let identifier = verify_hello(&inner, &hello, remote, None).await?;
         write_frame(&mut send, &my_hello(&inner))
             .await
             .map_err(|_| CloseCode::Protocol)?;
         let _ = send.finish();
-        Ok(identifier)
+        Ok(Ok(identifier))
     };
     match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
-        Ok(Ok(identifier)) => {
+        Ok(Ok(Err((send, recv, offer, name, proof)))) => {
+            crate::link::incoming(&inner, conn, (send, recv), remote, offer, name, proof).await;
+        }
+        Ok(Ok(Ok(identifier))) => {
             debug!(peer = %remote.short(), "incoming peer connection verified");
             register(&inner, conn, remote, identifier);
         }
@@ -118,8 +134,8 @@ async fn verify_hello(
             // LAN mode with the directory down: a contact whose key we pinned earlier.
             Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
                 match inner.lock().pins.get(id) {
-                    Some(pin) => pin.identity_key,
-                    None => return Err(CloseCode::NotAContact),
+                    Some(pin) if !pin.not_a_contact => pin.identity_key,
+                    _ => return Err(CloseCode::NotAContact),
                 }
             }
             _ => return Err(CloseCode::NotAContact),
@@ -141,8 +157,20 @@ async fn verify_hello(
         debug!(peer = %id, "identity not proven: {f}");
         return Err(CloseCode::Unproven);
     }
+    // The device must be on the person's device list in the log (a revoked one is not).
+    match crate::kt::ensure_device(inner, id, &cert.identity_key, &remote).await {
+        Ok(()) => {}
+        Err(f @ crate::kt::KtFailure::DeviceNotListed { .. }) => {
+            warn!(peer = %id, device = %remote.short(), "refused a device that is not on the list: {f}");
+            return Err(CloseCode::DeviceRevoked);
+        }
+        Err(f) => {
+            debug!(peer = %id, "device list not proven: {f}");
+            return Err(CloseCode::Unproven);
+        }
+    }
     let mut st = inner.lock();
-    match st.pins.get(id).copied() {
+    match st.pins.get(id).cloned() {
         Some(pin) if pin.identity_key != cert.identity_key => {
             if st.warned.insert((id.clone(), cert.identity_key)) {
                 drop(st);
@@ -151,7 +179,11 @@ async fn verify_hello(
                     pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
                     new_fingerprint: cert.identity_key.fingerprint().to_string(),
                     verified: pin.verified,
+                    reset: crate::kt::reset_kind(&pin),
                 });
+                if pin.registration_lock {
+                    crate::kt::judge_locked_change(inner, id.clone(), cert.identity_key);
+                }
             }
             return Err(CloseCode::KeyChanged);
         }
@@ -164,6 +196,9 @@ async fn verify_hello(
                     pinned_at: now_secs(),
                     verified: false,
                     proven: true,
+                    registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
+                    devices: Vec::new(),
+                    not_a_contact: false,
                 },
             );
             let _ = inner.home.save_pins(&st.pins);
@@ -274,7 +309,7 @@ fn deliver(
         let accepted = match st.contacts.get(&from) {
             Some(c) => c.relation == Relation::Accepted,
             // LAN mode with the directory down: contacts pinned earlier (as the hello checked).
-            None => lan_only && st.pins.contains_key(&from),
+            None => lan_only && st.pins.get(&from).is_some_and(|p| !p.not_a_contact),
         };
         (st.presence, accepted)
     };
@@ -443,6 +478,7 @@ pub(crate) async fn send_text(
     }
     let worst = [
         Refusal::DirectoryUntrusted,
+        Refusal::DeviceRevoked,
         Refusal::KeyChanged,
         Refusal::NotAContact,
         Refusal::DoNotDisturb,
@@ -458,9 +494,9 @@ pub(crate) async fn send_text(
         return Err(SendError::Refused {
             refusal: worst,
             message: format!(
-                "no direct path to {to} came up, and this agent runs with --direct-only, which \
-                 refuses relayed paths; nothing was sent and nothing is kept. Start the agent \
-                 without --direct-only to allow the relay"
+                "no direct path to {to} (direct-only): none came up, and this agent runs with \
+                 --direct-only, which sends nothing over the relay; nothing was sent and nothing \
+                 is kept. Start the agent without --direct-only to allow the relay"
             ),
         });
     }
@@ -470,7 +506,11 @@ pub(crate) async fn send_text(
 /// LAN mode, the directory unreachable: sends to the devices on the LAN that announce the key
 /// pinned for `to`. The hello still proves each device's certificate for that key.
 async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<Delivery, SendError> {
-    let Some(pin) = inner.lock().pins.get(&to).copied() else {
+    let pin = inner.lock().pins.get(&to).cloned();
+    if pin.as_ref().is_some_and(|p| p.not_a_contact) {
+        return Err(SendError::refused(Refusal::NotAContact, &to));
+    }
+    let Some(pin) = pin else {
         return Err(SendError::Invalid(format!(
             "the directory is unreachable, and {to} is not a contact you have talked to before \
              (no pinned key), so they cannot be found on the LAN; try again when the directory \
@@ -594,7 +634,9 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
         CloseCode::NotAContact => Refusal::NotAContact,
         CloseCode::KeyChanged => Refusal::PeerRefused,
         CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
+        CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
         CloseCode::Shutdown | CloseCode::Idle => Refusal::Offline,
+        CloseCode::NoDirectPath => Refusal::Unreachable,
         _ => Refusal::PeerRefused,
     })
 }
@@ -620,6 +662,18 @@ async fn connection(
             debug!(peer = %device.short(), "connect failed: {e}");
             Refusal::Unreachable
         })?;
+    // --direct-only: wait for a direct path before the first stream, so that no hello and no
+    // message crosses the relay (only iroh's QUIC handshake and hole-punching frames do).
+    if inner.config.direct_only {
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if !dialtone_net::wait_direct(&conn, left).await {
+            debug!(peer = %device.short(), "no direct path (direct-only)");
+            dialtone_net::close(&conn, CloseCode::NoDirectPath);
+            return Err(Refusal::Unreachable);
+        }
+    }
     let remaining = timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));
@@ -650,6 +704,7 @@ async fn connection(
                 CloseCode::KeyChanged => Refusal::KeyChanged,
                 CloseCode::SplitView | CloseCode::Unproven => Refusal::DirectoryUntrusted,
                 CloseCode::NotAContact => Refusal::NotAContact,
+                CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
                 _ => Refusal::PeerRefused,
             })
         }

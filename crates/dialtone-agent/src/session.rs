@@ -25,8 +25,21 @@ async fn send(
     request: Request,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let text = serde_json::to_string(&ClientFrame { id, request }).unwrap_or_default();
-    sink.send(WsMessage::Text(text.into())).await
+    // A directory that stops reading must not hold the session (and every request) forever:
+    // give up on the write and reconnect.
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Text(text.into()))).await {
+        Ok(r) => r,
+        Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the directory did not take a request within 10 s",
+            ),
+        )),
+    }
 }
+
+/// How long a write to the directory may take before the session is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a session request failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +113,9 @@ pub(crate) async fn run(
             }
             Err(DirectoryError::Refused { body, .. }) => {
                 warn!(error = ?body.error, "directory refused the session: {}", body.message);
+                if body.error == dialtone_proto::directory::ErrorCode::UnknownDevice {
+                    crate::kt::revoked(&inner);
+                }
             }
             Err(e) => debug!("directory session failed: {e}"),
         }
@@ -150,8 +166,11 @@ async fn serve(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let _ = sink.send(WsMessage::Close(None)).await;
-                let _ = sink.close().await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    let _ = sink.close().await;
+                })
+                .await;
                 fail_all(&mut pending);
                 return true;
             }

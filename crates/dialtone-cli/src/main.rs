@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+mod devices;
 use dialtone_agent::{
     Agent, AgentConfig, DirectoryClient, DirectoryError, Home,
     api::{Client, ClientError, RpcError, codes},
@@ -25,7 +27,8 @@ use dialtone_agent::{
 };
 use dialtone_proto::{
     Identifier,
-    directory::{RegisterConfirm, RegisterStart},
+    devices::{DeviceEntry, DeviceList, DeviceListContent},
+    directory::{ErrorCode, RegisterConfirm, RegisterStart, check_pin},
     keys::{register_confirm_transcript, register_start_transcript, sign},
     rules::clean_code,
 };
@@ -74,7 +77,16 @@ enum Command {
         code: String,
         #[command(flatten)]
         pass: PassArgs,
+        #[command(flatten)]
+        pin: PinArgs,
     },
+    /// Link, list and revoke this account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The registration lock: a PIN the directory asks for before anyone who re-verified
+    /// your identifier can bind another key to it.
+    #[command(subcommand)]
+    Lock(LockCommand),
     /// Run the agent (go online).
     Up(UpArgs),
     /// Stop the running agent (go offline at once).
@@ -152,6 +164,73 @@ enum IdCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// On a device with the identity key (agent up): show a code for a new device and link
+    /// it when it connects. On a new device: `dialtone device link CODE --directory URL
+    /// --name NAME` (or `--ticket` with the QR code's text) joins the account.
+    Link {
+        /// The code shown by the other device (only on the new device).
+        code: Option<String>,
+        /// The QR code's text (`dialtone-link:…`), instead of CODE and --directory.
+        #[arg(long, conflicts_with = "code")]
+        ticket: Option<String>,
+        /// The directory's URL (new device; the ticket carries it).
+        #[arg(long)]
+        directory: Option<String>,
+        /// PEM file with the CA that signed the directory's certificate, if not a public CA.
+        #[arg(long)]
+        directory_ca: Option<PathBuf>,
+        /// This device's name (new device), e.g. "laptop".
+        #[arg(long)]
+        name: Option<String>,
+        /// Local address for the direct connection (repeatable; new device).
+        #[arg(long = "bind")]
+        bind: Vec<SocketAddr>,
+        /// Seconds to wait for the new device (existing device). Default 600.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// List this account's devices, as the transparency log proves them.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device from the account: it can no longer connect to anyone.
+    Revoke {
+        /// The device's name (see `dialtone device list`).
+        name: String,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LockCommand {
+    /// Turn the registration lock on, or change its PIN.
+    Set {
+        #[command(flatten)]
+        pin: PinArgs,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Turn the registration lock off.
+    Clear {
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PinArgs {
+    /// File whose first line is the registration-lock PIN [or env DIALTONE_PIN].
+    #[arg(long)]
+    pin_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -325,10 +404,29 @@ fn home_dir(cli_home: Option<PathBuf>) -> Result<Home> {
     Ok(Home::open(path)?)
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn pin(args: &PinArgs) -> Result<Option<String>> {
+    if let Some(f) = &args.pin_file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read PIN file {}", f.display()))?;
+        let line = s.lines().next().unwrap_or("").to_owned();
+        if line.is_empty() {
+            return Err(anyhow::anyhow!("the PIN file {} is empty", f.display()).into());
+        }
+        return Ok(Some(line));
+    }
+    Ok(std::env::var("DIALTONE_PIN").ok().filter(|s| !s.is_empty()))
 }
 
 fn passphrase(args: &PassArgs) -> Result<Option<String>> {
@@ -387,7 +485,8 @@ async fn run(cli: Cli) -> Result {
                         "device": cert.device_id, "device_name": cert.name,
                         "identifier": settings.identifier, "registered": settings.registered,
                         "directory": settings.directory,
-                        "encrypted": home.identity_is_encrypted()?,
+                        "encrypted": home.identity_is_encrypted().ok(),
+                        "linked": home.is_linked(),
                     })
                 );
             } else {
@@ -411,7 +510,9 @@ async fn run(cli: Cli) -> Result {
             directory_ca,
             pass,
         } => register(&home, &identifier, &directory, directory_ca, &pass).await,
-        Command::Verify { code, pass } => verify(&home, &code, &pass).await,
+        Command::Verify { code, pass, pin } => verify(&home, &code, &pass, &pin).await,
+        Command::Device(c) => devices::run(&home, c).await,
+        Command::Lock(c) => devices::lock(&home, c).await,
         Command::Up(args) => up(home, args).await,
         Command::Down => down(&home).await,
         Command::Contacts(c) => contacts(&home, c).await,
@@ -501,7 +602,7 @@ async fn register(
     Ok(())
 }
 
-async fn verify(home: &Home, code: &str, pass: &PassArgs) -> Result {
+async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) -> Result {
     let mut settings = home.settings()?;
     let (Some(identifier), Some(directory)) =
         (settings.identifier.clone(), settings.directory.clone())
@@ -517,16 +618,95 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs) -> Result {
             message: format!("'{code}' is not a code: codes are 6 digits"),
         });
     };
+    let pin = pin(pin_args)?;
+    if let Some(p) = &pin {
+        check_pin(p).map_err(|m| Fail {
+            code: 2,
+            message: m,
+        })?;
+    }
     let client = DirectoryClient::new(&directory, settings.directory_ca.as_deref())?;
     let key = home.identity_signing_key(passphrase(pass)?.as_deref())?;
     let ik = home.identity_key()?;
-    let req = RegisterConfirm {
-        signature: sign(&key, &register_confirm_transcript(&identifier, &code, &ik)),
-        identifier: identifier.clone(),
-        identity_key: ik,
-        code,
+    let cert = home.device_cert()?;
+    // The device list to publish: this device, plus the other devices of this key if the
+    // identifier is bound to it already (a re-registration keeps them).
+    // Not registered yet is fine; any other failure must stop here, or the list below would
+    // drop (revoke) this key's other devices.
+    let current = match client.lookup(&identifier).await {
+        Ok(rec) => Some(rec),
+        Err(DirectoryError::Refused { body, .. }) if body.error == ErrorCode::NotFound => None,
+        Err(e) => return Err(e.into()),
     };
-    let done = client.register_confirm(&req).await?;
+    let mut entries = Vec::new();
+    let mut previous_version = None;
+    let mut other_key_locked = false;
+    if let Some(rec) = &current {
+        if rec.identity_key == ik {
+            // Only a list our own key signed is carried over: the directory's answer is not
+            // trusted to say which devices are ours.
+            if let Some(l) = rec.device_list.as_ref().filter(|l| {
+                l.verify().is_ok() && l.identity_key == ik && l.identifier == identifier
+            }) {
+                entries = l.devices.clone();
+                previous_version = Some(l.version);
+            }
+        } else {
+            other_key_locked = rec
+                .device_list
+                .as_ref()
+                .is_some_and(|l| l.registration_lock);
+        }
+    }
+    if !entries.iter().any(|e| e.device_id == cert.device_id) {
+        entries.retain(|e| e.name != cert.name);
+        entries.push(DeviceEntry {
+            device_id: cert.device_id,
+            name: cert.name.clone(),
+            added_at: now(),
+        });
+    }
+    let sign_list = |unlocked: bool| {
+        DeviceList::sign(
+            &key,
+            DeviceListContent {
+                identifier: identifier.clone(),
+                version: DeviceList::next_version(previous_version, now_ms()),
+                devices: entries.clone(),
+                registration_lock: pin.is_some(),
+                unlocked_with_pin: unlocked,
+            },
+        )
+        .map_err(|e| Fail {
+            code: 2,
+            message: format!("cannot make the device list: {e}"),
+        })
+    };
+    let mut unlocked = pin.is_some() && other_key_locked;
+    let mut tries = 0;
+    let done = loop {
+        let req = RegisterConfirm {
+            signature: sign(&key, &register_confirm_transcript(&identifier, &code, &ik)),
+            identifier: identifier.clone(),
+            identity_key: ik,
+            code: code.clone(),
+            device_list: Some(sign_list(unlocked)?),
+            pin: pin.clone(),
+        };
+        match client.register_confirm(&req).await {
+            // The lock lapsed (or was opened) unlike the public record suggested: say so
+            // truthfully in the list and try once more.
+            Err(DirectoryError::Refused { body, .. })
+                if body.error == ErrorCode::BadDeviceList
+                    && body.message.contains("unlocked")
+                    && tries == 0 =>
+            {
+                unlocked = !unlocked;
+                tries += 1;
+            }
+            other => break other?,
+        }
+    };
     settings.registered = true;
     home.save_settings(&settings)?;
     println!(
@@ -534,6 +714,9 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs) -> Result {
         done.identifier,
         done.identity_key.fingerprint()
     );
+    if pin.is_some() {
+        println!("registration lock: on (keep the PIN safe; `dialtone lock clear` turns it off)");
+    }
     if done.replaced_key {
         println!(
             "note: this replaced the key that was registered for {} before; your contacts will be warned",
@@ -742,16 +925,9 @@ async fn contacts(home: &Home, c: ContactsCommand) -> Result {
     Ok(())
 }
 
-fn print_safety(id: &Identifier, v: &Value, confirmed: bool) {
-    let number = v["safety_number"].as_str().unwrap_or("");
-    let groups: Vec<&str> = number.split(' ').collect();
-    println!("Safety number with {id}:");
-    println!();
-    for row in groups.chunks(4) {
-        println!("    {}", row.join(" "));
-    }
-    println!();
-    if let Ok(code) = qrcode::QrCode::new(v["qr_payload"].as_str().unwrap_or("").as_bytes()) {
+/// Prints a QR code of `payload` in the terminal.
+fn print_qr(payload: &str) {
+    if let Ok(code) = qrcode::QrCode::new(payload.as_bytes()) {
         // Light modules drawn as blocks: reads right on the usual dark terminal background.
         let qr = code
             .render::<qrcode::render::unicode::Dense1x2>()
@@ -762,6 +938,18 @@ fn print_safety(id: &Identifier, v: &Value, confirmed: bool) {
         println!("{qr}");
         println!();
     }
+}
+
+fn print_safety(id: &Identifier, v: &Value, confirmed: bool) {
+    let number = v["safety_number"].as_str().unwrap_or("");
+    let groups: Vec<&str> = number.split(' ').collect();
+    println!("Safety number with {id}:");
+    println!();
+    for row in groups.chunks(4) {
+        println!("    {}", row.join(" "));
+    }
+    println!();
+    print_qr(v["qr_payload"].as_str().unwrap_or(""));
     if v["key"] == "changed" {
         println!("WARNING: this is a NEW key for {id}, not the one you pinned before.");
     }
@@ -986,11 +1174,18 @@ fn describe(ev: &Value) -> Option<String> {
             }
         ),
         "key_changed" => format!(
-            "!!! WARNING: the identity key of {} CHANGED (pinned {}, now {}). Messages are refused until you \
+            "!!! WARNING: the identity key of {} CHANGED (pinned {}, now {}){}. Messages are refused until you \
              check with them and run `dialtone contacts trust {}`",
             s("identifier"),
             s("pinned_fingerprint"),
             s("new_fingerprint"),
+            match s("reset").as_str() {
+                "no-lock" =>
+                    ", without a registration lock: whoever re-verified their email or phone could have done this",
+                "locked" =>
+                    "; their key had a registration lock, checking whether the PIN was given",
+                _ => "",
+            },
             s("identifier")
         ),
         "transparency" => format!("!!! {} [{}]", s("message"), s("kind")),

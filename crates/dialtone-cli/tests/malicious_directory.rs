@@ -128,12 +128,62 @@ fn key_replaced_without_verification_is_flagged() {
     assert!(w["message"].as_str().unwrap().contains("not yours"), "{w}");
     // Any presence change carries the new key to bob: he is warned…
     alice.run(&["status", "set", "away"]).ok();
-    wb.expect(
+    let w = wb.expect(
         "bob warned of the key change",
         Duration::from_secs(10),
         |e| e["event"] == "key_changed" && e["identifier"] == ALICE,
     );
+    // Alice had no registration lock: the warning says anyone who re-verified could do this.
+    assert_eq!(w["reset"], "no-lock", "{w}");
     // …and nothing is sent to the key alice does not hold.
+    bob.run(&["send", ALICE, "after"]).fails_with(16, "WARNING");
+    wa.expect_none(
+        "message after the replacement",
+        Duration::from_secs(1),
+        |e| e["body"] == "after",
+    );
+}
+
+/// Alice has a registration lock; the directory binds a new key to her anyway, without the
+/// PIN. Bob, whose agent proved alice's locked key before, is told the lock was bypassed.
+#[test]
+fn key_replaced_despite_the_registration_lock_is_flagged_as_bypassed() {
+    let dir = Directory::start_lying("honest");
+    let alice = Person::new(ALICE);
+    alice
+        .run(&["register", ALICE, "--directory", &dir.url])
+        .ok();
+    alice
+        .run_env(
+            &["verify", &dir.code_for(ALICE)],
+            &[("DIALTONE_PIN", "2468")],
+        )
+        .ok();
+    alice.up();
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+    let mut wa = alice.watch();
+    bob.run(&["send", ALICE, "before"]).ok();
+    wa.expect("the first message", Duration::from_secs(5), |e| {
+        e["body"] == "before"
+    });
+    let mut wb = bob.watch();
+    dir.set_lie(json!({"mode": "replace-key", "target": ALICE}));
+    alice.run(&["status", "set", "away"]).ok();
+    let w = wb.expect(
+        "bob warned of the key change",
+        Duration::from_secs(10),
+        |e| e["event"] == "key_changed" && e["identifier"] == ALICE,
+    );
+    assert_eq!(w["reset"], "locked", "{w}");
+    let t = transparency(&mut wb, "lock-bypassed", Duration::from_secs(20));
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("without the lock's PIN"),
+        "{t}"
+    );
     bob.run(&["send", ALICE, "after"]).fails_with(16, "WARNING");
     wa.expect_none(
         "message after the replacement",

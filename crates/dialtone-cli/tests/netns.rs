@@ -10,13 +10,20 @@
 //! Needs root: run in their own nextest test group (`.config/nextest.toml`, one at a time);
 //! without root or `ip netns`, every test here prints SKIPPED and passes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dialtone_testkit::netns::{ALICE, BOB, Scene, run_scenario, skip_if_unavailable, topology};
+use dialtone_testkit::netns::{
+    ALICE, BOB, Outcome, Scene, run_scenario, skip_if_unavailable, topology,
+};
 
-fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bool) {
+fn matrix(
+    name: &str,
+    doctor_v4: Option<&str>,
+    doctor_v6: Option<&str>,
+    ipv6: bool,
+) -> Option<Outcome> {
     if skip_if_unavailable(name) {
-        return;
+        return None;
     }
     let topo = topology(name);
     let o = run_scenario(topo, 1);
@@ -43,6 +50,20 @@ fn matrix(name: &str, doctor_v4: Option<&str>, doctor_v6: Option<&str>, ipv6: bo
     if let Some(nat) = doctor_v6 {
         assert_eq!(d["v6"]["nat"], nat, "doctor IPv6 NAT: {d}");
     }
+    Some(o)
+}
+
+/// With a direct path over each family, the connection ends on IPv6 (DESIGN.md §1.5), whichever
+/// family hole punching opened first.
+fn assert_ipv6(o: Option<Outcome>) {
+    if let Some(o) = o {
+        assert!(
+            o.remote.starts_with('['),
+            "{}: expected the direct path over IPv6, got {}",
+            o.name,
+            o.remote
+        );
+    }
 }
 
 #[test]
@@ -52,7 +73,7 @@ fn netns_same_lan() {
 
 #[test]
 fn netns_public_ipv6() {
-    matrix("public_ipv6", None, Some("none"), true);
+    assert_ipv6(matrix("public_ipv6", None, Some("none"), true));
 }
 
 #[test]
@@ -62,7 +83,7 @@ fn netns_ipv6_only() {
 
 #[test]
 fn netns_dual_stack() {
-    matrix("dual_stack", Some("none"), None, true);
+    assert_ipv6(matrix("dual_stack", Some("none"), None, true));
 }
 
 #[test]
@@ -122,19 +143,148 @@ fn netns_relay_keeps_nothing_for_a_peer_that_left() {
     });
 }
 
+/// Relayed → direct: UDP between the two sides is blocked, so the first message goes over the
+/// relay; once the block lifts, iroh's next hole-punching round moves *the same connection* to
+/// a direct path, and both `status --connections` and a `path` event show it. (iroh retries
+/// hole punching on a connection that only the relay carries about once a minute, hence the
+/// generous deadline; messages sent meanwhile keep the connection in use.)
+#[test]
+fn netns_relayed_connection_moves_to_direct() {
+    if skip_if_unavailable("netns_relayed_connection_moves_to_direct") {
+        return;
+    }
+    let scene = Scene::start(topology("eim_nat_both"), &[]);
+    scene.net.block_direct();
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+    scene.alice.run(&["send", BOB, "over the relay"]).ok();
+    bob_events.expect("the relayed message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "over the relay"
+    });
+    let relayed = scene.wait_path("relayed", Duration::from_secs(10));
+    let conn_id = relayed["conn_id"].clone();
+    assert!(conn_id.is_u64(), "{relayed}");
+    // While blocked, hole punching fails: still relayed after its first round.
+    // DIALTONE_NETNS_BLOCK_SECS (default 3) holds the block longer, to measure how long iroh
+    // takes to move a connection whose first hole-punching rounds failed (BENCHMARKS.md).
+    let block = std::env::var("DIALTONE_NETNS_BLOCK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    std::thread::sleep(Duration::from_secs(block));
+    let still = scene.path().expect("the relayed connection closed");
+    assert_eq!(still["path"], "relayed", "{still}");
+
+    scene.net.allow_direct();
+    let lifted = Instant::now();
+    let deadline = Duration::from_secs(100);
+    let mut last_send = Instant::now();
+    let mut sent = 0;
+    let direct = loop {
+        let now = scene
+            .path()
+            .expect("the connection closed while waiting for a direct path");
+        assert_eq!(
+            now["conn_id"], conn_id,
+            "a new connection instead of a path change: {now}"
+        );
+        if now["path"] == "direct" {
+            break now;
+        }
+        assert!(
+            lifted.elapsed() < deadline,
+            "still {} {:?} after the block lifted; the status never showed a direct path",
+            now["path"],
+            lifted.elapsed()
+        );
+        // Keep the connection in use (idle connections close after 60 s), and check that
+        // messages keep flowing over the relay meanwhile.
+        if last_send.elapsed() >= Duration::from_secs(10) {
+            sent += 1;
+            scene
+                .alice
+                .run(&["send", BOB, &format!("still relayed {sent}")])
+                .ok();
+            last_send = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "relayed -> direct {:?} after the block lifted ({block} s after the first message): \
+         {direct}",
+        lifted.elapsed()
+    );
+    assert!(
+        direct["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("203.0.113.")),
+        "{direct}"
+    );
+    alice_events.expect("a path event to direct", Duration::from_secs(5), |e| {
+        e["event"] == "path" && e["identifier"] == BOB && e["path"] == "direct"
+    });
+    scene.alice.run(&["send", BOB, "now direct"]).ok();
+    bob_events.expect("the direct message", Duration::from_secs(10), |e| {
+        e["event"] == "message" && e["body"] == "now direct"
+    });
+    assert_eq!(scene.path().expect("connection")["conn_id"], conn_id);
+}
+
 /// With `--direct-only`, a topology where only the relay can carry data refuses the message
-/// with an explanation instead of using the relay.
+/// with a clear error, and nothing of Dialtone's crosses the relay: alice opens no stream until
+/// a direct path exists, so bob never even sees her hello (no connection registered on his
+/// side). The other way round, alice answers nothing to bob's hello, and bob's message is
+/// refused too. (The QUIC handshake and iroh's hole-punching frames still cross the relay:
+/// they are how a direct path is found.)
 #[test]
 fn netns_direct_only_refuses_a_relayed_path() {
     if skip_if_unavailable("netns_direct_only_refuses_a_relayed_path") {
         return;
     }
-    let scene = Scene::start(topology("symmetric_nat_one"), &["--direct-only"]);
+    let scene = Scene::start(topology("symmetric_nat_one"), &[]);
+    scene.alice.down();
+    scene
+        .alice
+        .run(&["up", "--detach", "--no-portmapper", "--direct-only"])
+        .ok();
     let st = scene.alice.run(&["status", "--json"]).ok().json();
     assert_eq!(st["direct_only"], true, "{st}");
+    dialtone_testkit::wait_until(Duration::from_secs(15), "alice online for bob", || {
+        scene.bob.state_of(ALICE).as_deref() == Some("online")
+    });
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+
     let r = scene.alice.run(&["send", BOB, "only if direct"]);
-    r.fails_with(11, "--direct-only");
+    r.fails_with(11, "no direct path to bob@example.com (direct-only)");
     assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+    eprintln!("direct-only alice -> bob refused after {:?}", r.elapsed);
+    let bob_conns = scene
+        .bob
+        .run(&["status", "--connections", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        bob_conns,
+        serde_json::json!([]),
+        "bob saw a hello: {bob_conns}"
+    );
+
+    let r = scene
+        .bob
+        .run(&["send", ALICE, "relayed to a direct-only agent"]);
+    r.fails_with(11, "could not be reached");
+    assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+    eprintln!("bob -> direct-only alice refused after {:?}", r.elapsed);
+
+    let never = |e: &serde_json::Value| e["event"] == "message";
+    alice_events.expect_none("a message at alice", Duration::from_secs(1), never);
+    bob_events.expect_none("a message at bob", Duration::from_secs(1), never);
+    assert!(
+        scene.path().is_none(),
+        "alice kept a connection: {:?}",
+        scene.path()
+    );
 }
 
 /// LAN mode: two agents on one LAN that became contacts earlier find each other with mDNS
@@ -196,4 +346,48 @@ fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
             .any(|l| l.starts_with('=') && l.contains(&format!("d={bob_device}"))),
         "avahi-browse did not resolve bob's service:\n{seen}"
     );
+}
+
+/// LAN mode trusts pinned keys while the directory is away, but only those of people who are
+/// still contacts: bob removed alice (while her agent was off, so she never heard of it); on
+/// the LAN, with the directory gone, her pin of bob still names him, but bob refuses her hello,
+/// and he does not reach her either.
+#[test]
+fn netns_lan_mode_refuses_a_removed_contact() {
+    if skip_if_unavailable("netns_lan_mode_refuses_a_removed_contact") {
+        return;
+    }
+    let mut scene = Scene::start(topology("same_lan"), &[]);
+    scene.alice.run(&["send", BOB, "before"]).ok();
+    scene.bob.run(&["send", ALICE, "before"]).ok();
+    scene.alice.down();
+    scene.bob.run(&["contacts", "remove", ALICE]).ok();
+    scene.directory.kill();
+    scene.bob.down();
+    for p in [&scene.alice, &scene.bob] {
+        p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
+    }
+    dialtone_testkit::wait_until(
+        Duration::from_secs(15),
+        "alice to see bob on the LAN",
+        || {
+            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
+            peers
+                .as_array()
+                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
+        },
+    );
+    let mut alice_events = scene.alice.watch();
+    let mut bob_events = scene.bob.watch();
+    scene
+        .alice
+        .run(&["send", BOB, "on the LAN after removal"])
+        .fails_with(12, "not your contact");
+    scene
+        .bob
+        .run(&["send", ALICE, "to someone I removed"])
+        .fails_with(12, "not your contact");
+    let never = |e: &serde_json::Value| e["event"] == "message";
+    alice_events.expect_none("a message at alice", Duration::from_secs(1), never);
+    bob_events.expect_none("a message at bob", Duration::from_secs(1), never);
 }

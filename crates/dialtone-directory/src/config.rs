@@ -248,6 +248,13 @@ pub struct VerificationConfig {
     pub code_ttl: Duration,
     /// Wrong codes allowed before the attempt is void. Default 5.
     pub max_attempts: u32,
+    /// Wrong registration-lock PINs allowed (in total, until the right one) before the lock
+    /// refuses every PIN until it lapses. Default 10.
+    pub max_pin_attempts: u32,
+    /// A registration lock lapses when no device of its account opened a session for this
+    /// long, so someone who lost every device and the PIN can register again. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub lock_lapse: Duration,
 }
 
 impl Default for VerificationConfig {
@@ -255,6 +262,8 @@ impl Default for VerificationConfig {
         Self {
             code_ttl: Duration::from_secs(600),
             max_attempts: 5,
+            max_pin_attempts: 10,
+            lock_lapse: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

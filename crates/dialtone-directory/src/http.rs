@@ -17,9 +17,9 @@ use axum::{
 use dialtone_proto::{
     Identifier,
     directory::{
-        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, MAX_BODY_LEN,
-        MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart, RegisterStarted,
-        Registered,
+        Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, LinkOfferInfo,
+        MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart,
+        RegisterStarted, Registered, check_pin, is_link_offer,
     },
     keys::{register_confirm_transcript, register_start_transcript},
     rules::{CODE_DIGITS, clean_code, codes_equal},
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::{
     AppState,
-    store::{Pending, StoreError, q},
+    store::{LockChange, Pending, StoreError, q},
 };
 
 /// The client's address, set per connection by the accept loop.
@@ -172,6 +172,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/session/challenge", post(challenge))
         .route("/v1/session", get(crate::sessions::upgrade))
         .route("/v1/lookup/{identifier}", get(lookup))
+        .route("/v1/link/{offer}", get(link_offer))
         .route("/v1/kt/keys", get(kt_keys))
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
@@ -229,8 +230,24 @@ async fn catch_panic(req: Request, next: axum::middleware::Next) -> Response {
     }
 }
 
+/// The key a client is rate-limited under: its IPv4 address, or the /64 of its IPv6 address
+/// (one host usually holds a whole /64, so per-address limits would be no limit at all). An
+/// IPv4-mapped IPv6 address counts as the IPv4 address.
 fn ip_of(addr: &ClientAddr) -> IpAddr {
-    addr.0.ip()
+    rate_key(addr.0.ip())
+}
+
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 fn check(
@@ -463,16 +480,66 @@ async fn register_confirm(
             ),
         ));
     }
-    let (id, key, cert) = (
+    let pin_given = check_registration_lock(&st, &req).await?;
+    let lock = check_registration_list(&req, &p.device_cert, pin_given)?;
+    let lock = match lock {
+        LockChange::Set(pin) => LockChange::Set(
+            tokio::task::spawn_blocking(move || crate::reglock::hash_pin(&pin))
+                .await
+                .map_err(|_| ApiError::from(StoreError::Join))?,
+        ),
+        other => other,
+    };
+    let (id, key, cert, list) = (
         req.identifier.clone(),
         req.identity_key,
         p.device_cert.clone(),
+        req.device_list.clone(),
     );
     let now = now_secs();
     let (replaced, removed) = st
         .store
-        .run(move |c| q::bind(c, &id, &key, &cert, now))
-        .await?;
+        .run(move |c| {
+            // Devices other than the new one stay only if they are registered under this
+            // key already (a re-registration with the same key keeps its other devices).
+            if let Some(list) = &list {
+                let current = q::account(c, &id)?;
+                let same_key = current.is_some_and(|a| a.identity_key == key);
+                let registered = if same_key {
+                    q::devices(c, &id)?
+                } else {
+                    Vec::new()
+                };
+                for d in &list.devices {
+                    if d.device_id != cert.device_id
+                        && !registered.iter().any(|r| r.device_id == d.device_id)
+                    {
+                        return Err(StoreError::Invalid(format!(
+                            "the device list names {:?}, which is not registered under this key",
+                            d.name
+                        )));
+                    }
+                }
+                if same_key
+                    && let Some(old) = q::device_list(c, &id)?
+                    && old.version >= list.version
+                {
+                    return Err(StoreError::Invalid(
+                        "the device list is older than the published one".into(),
+                    ));
+                }
+            }
+            q::bind(c, &id, &key, &cert, list.as_ref(), lock, now)
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Invalid(m) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadDeviceList,
+                format!("{m}; run `dialtone register` again"),
+            ),
+            e => e.into(),
+        })?;
     info!(replaced, "identifier bound");
     st.kt.notify();
     if replaced {
@@ -486,6 +553,118 @@ async fn register_confirm(
         device_id: p.device_cert.device_id,
         replaced_key: replaced,
     }))
+}
+
+/// The registration lock at a confirmation: `Ok(true)` when the identifier is bound to
+/// another key whose lock is in force and the right PIN was given, `Ok(false)` when no lock
+/// applies, an error when the PIN is missing or wrong.
+async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result<bool, ApiError> {
+    let id = req.identifier.clone();
+    let row = st
+        .store
+        .run(move |c| Ok(q::account(c, &id)?.zip(q::lock(c, &id)?)))
+        .await?;
+    let Some((account, lock)) = row else {
+        return Ok(false);
+    };
+    let lapse = st.config.verification.lock_lapse.as_secs();
+    let Some(hash) = lock.hash else {
+        return Ok(false);
+    };
+    // A device online now keeps the lock in force, however long its session has been open.
+    let online = st.sessions.is_online(&req.identifier);
+    if account.identity_key == req.identity_key
+        || (!online && now_secs() > lock.last_seen.saturating_add(lapse))
+    {
+        // The key holder itself, or a lock that lapsed (no device online for `lock_lapse`).
+        return Ok(false);
+    }
+    let days = lapse.div_ceil(86_400);
+    let max = st.config.verification.max_pin_attempts;
+    if lock.failures >= max {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyAttempts,
+            format!(
+                "too many wrong registration-lock PINs: {} stays bound to its key until the lock lapses ({days} days after its owner's devices were last online)",
+                req.identifier
+            ),
+        ));
+    }
+    let Some(pin) = req.pin.clone() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::RegistrationLocked,
+            format!(
+                "{} has a registration lock: give its PIN with `dialtone register --pin-file FILE` (or DIALTONE_PIN); without the PIN the lock lapses {days} days after its owner's devices were last online",
+                req.identifier
+            ),
+        ));
+    };
+    let right = tokio::task::spawn_blocking(move || crate::reglock::verify_pin(&hash, &pin))
+        .await
+        .map_err(|_| ApiError::from(StoreError::Join))?;
+    let id = req.identifier.clone();
+    st.store.run(move |c| q::pin_tried(c, &id, right)).await?;
+    if !right {
+        let left = max.saturating_sub(lock.failures + 1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::WrongPin,
+            format!(
+                "wrong registration-lock PIN; {left} attempt{} left",
+                if left == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// Checks the device list of a confirmation (if any) and says what happens to the lock.
+fn check_registration_list(
+    req: &RegisterConfirm,
+    cert: &dialtone_proto::DeviceCertificate,
+    pin_given: bool,
+) -> Result<LockChange, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadDeviceList, m);
+    let Some(list) = &req.device_list else {
+        return Ok(if pin_given {
+            LockChange::Keep
+        } else {
+            LockChange::Clear
+        });
+    };
+    list.verify()
+        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
+    if list.identifier != req.identifier || list.identity_key != req.identity_key {
+        return Err(bad(
+            "the device list is for another identifier or key".into()
+        ));
+    }
+    if !list.contains(&cert.device_id) {
+        return Err(bad(
+            "the device list does not name the registering device".into()
+        ));
+    }
+    if list.unlocked_with_pin != pin_given {
+        return Err(bad(if pin_given {
+            "the device list must say it was unlocked with the PIN".into()
+        } else {
+            "the device list says it was unlocked with a PIN, but no lock was opened".into()
+        }));
+    }
+    match (list.registration_lock, &req.pin) {
+        (false, _) => Ok(LockChange::Clear),
+        // The PIN opened the old lock and stays the lock of the new key.
+        (true, Some(_)) if pin_given => Ok(LockChange::Keep),
+        (true, Some(pin)) => {
+            check_pin(pin).map_err(bad)?;
+            Ok(LockChange::Set(pin.clone()))
+        }
+        (true, None) => Err(bad(
+            "the device list turns on a registration lock but gives no PIN".into(),
+        )),
+    }
 }
 
 async fn challenge(
@@ -558,16 +737,49 @@ async fn lookup(
     let id2 = id.clone();
     let found = st
         .store
-        .run(move |c| Ok(q::account(c, &id2)?.map(|a| (a, q::devices(c, &id2)))))
+        .run(move |c| {
+            Ok(q::account(c, &id2)?.map(|a| (a, q::devices(c, &id2), q::device_list(c, &id2))))
+        })
         .await?;
-    let Some((account, devices)) = found else {
+    let Some((account, devices, list)) = found else {
         return Err(not_registered(&id));
     };
     Ok(Json(PublicRecord {
         identifier: account.identifier,
         identity_key: account.identity_key,
         devices: devices?,
+        device_list: list?,
     }))
+}
+
+/// `GET /v1/link/{offer}`: the device that shows a device-link code, once.
+async fn link_offer(
+    State(st): State<Arc<AppState>>,
+    Extension(addr): Extension<ClientAddr>,
+    Path(offer): Path<String>,
+) -> Result<Json<LinkOfferInfo>, ApiError> {
+    // Guessing offers is guessing 20 bits: the confirmation limit (a few per minute per
+    // address) applies, not the lookup one.
+    check(
+        &st.limits.confirm_ip,
+        ip_of(&addr),
+        "device-link attempts from your address",
+    )?;
+    let offer = offer.to_ascii_uppercase();
+    if !is_link_offer(&offer) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "not a device-link code: the code has 16 letters and digits, like ABCD-EFGH-JKMN-PQRS",
+        ));
+    }
+    st.sessions.take_link_offer(&offer).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no device shows this code (it expired, was used, or its device went offline): run `dialtone device link` on your other device for a new code",
+        )
+    })
 }
 
 async fn kt_keys(State(st): State<Arc<AppState>>) -> Json<KtKeys> {
@@ -748,4 +960,22 @@ async fn info_route(
         relay_quic_port: relay.and_then(|r| r.quic_port),
         echo_ports: relay.map(|r| r.echo_ports.clone()).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(rate_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(rate_key(v4), v4);
+    }
 }

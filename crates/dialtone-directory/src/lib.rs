@@ -32,6 +32,7 @@ pub mod kt;
 #[cfg(feature = "malicious")]
 pub mod malicious;
 pub mod provision;
+mod reglock;
 mod sessions;
 mod store;
 mod ws;

@@ -24,10 +24,11 @@ use axum::{
 };
 use dialtone_proto::{
     DeviceCertificate, DeviceId, Identifier,
+    devices::DeviceList,
     directory::{
-        ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode, MAX_ADDRS,
-        MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState, PresenceView, Relation, Reply,
-        Request, ServerFrame,
+        ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode,
+        LinkOfferInfo, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState,
+        PresenceView, Relation, Reply, Request, ServerFrame, check_pin, is_link_offer,
     },
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
@@ -42,15 +43,61 @@ use tungstenite::Utf8Bytes;
 use crate::{
     AppState,
     http::{ApiError, ClientAddr, now_secs},
-    store::{Account, q},
+    store::{Account, LockChange, StoreError, q},
     ws::{self, Incoming, WsConn, WsError},
 };
+
+/// The directory's secret for session challenges, random per process (a restart voids the
+/// challenges outstanding, which live a minute).
+struct ChallengeKey([u8; 32]);
+
+impl Default for ChallengeKey {
+    fn default() -> Self {
+        let mut k = [0u8; 32];
+        rand::fill(&mut k[..]);
+        Self(k)
+    }
+}
+
+impl std::fmt::Debug for ChallengeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChallengeKey(…)")
+    }
+}
+
+impl ChallengeKey {
+    fn challenge(&self, device: &DeviceId, expiry: u64) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        // Fixed-length fields after the secret: no two inputs collide, nothing is extended.
+        let mac = Sha256::new()
+            .chain_update(b"dialtone-session-challenge/v1")
+            .chain_update(self.0)
+            .chain_update(device.as_bytes())
+            .chain_update(expiry.to_be_bytes())
+            .finalize();
+        let mut c = [0u8; 32];
+        c[..8].copy_from_slice(&expiry.to_be_bytes());
+        c[8..].copy_from_slice(&mac[..24]);
+        c
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Frames queued for one device before it counts as stuck and is disconnected.
 const PUSH_QUEUE: usize = 256;
 /// Outstanding session challenges at most (each about 80 bytes): beyond this, new ones are
 /// refused until old ones expire, so a flood cannot grow memory without bound.
 const MAX_CHALLENGES: usize = 100_000;
+
+/// Device-link offers open at once, at most (one per session; beyond it, refused).
+const MAX_LINK_OFFERS: usize = 10_000;
+/// How long a device-link offer stays open.
+const LINK_OFFER_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct DeviceSession {
@@ -127,7 +174,13 @@ fn encode(frame: &ServerFrame) -> Option<Utf8Bytes> {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
-    challenges: Mutex<HashMap<[u8; 32], (DeviceId, Instant)>>,
+    /// Device-link rendezvous: offer id → the offering device, its session and the expiry.
+    links: Mutex<HashMap<String, (LinkOfferInfo, u64, Instant)>>,
+    /// Signs session challenges: a challenge carries its expiry and a MAC over the device and
+    /// the expiry, so issuing one keeps no state (a flood of requests costs no memory).
+    challenge_key: ChallengeKey,
+    /// Challenges already answered with a valid signature, until they expire (single use).
+    challenges: Mutex<HashMap<[u8; 32], u64>>,
     next_id: AtomicU64,
     /// Ended by shutdown: closes every session.
     pub(crate) shutdown: CancellationToken,
@@ -142,35 +195,73 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new one-time challenge for `device`, or `None` if [`MAX_CHALLENGES`] unexpired
-    /// challenges are outstanding already.
-    pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> Option<[u8; 32]> {
-        let mut c = [0u8; 32];
-        rand::fill(&mut c[..]);
-        let mut map = self
-            .challenges
+    /// Takes a device-link offer (each is answered once), if its session is still open.
+    pub(crate) fn take_link_offer(&self, offer: &str) -> Option<LinkOfferInfo> {
+        let (info, session, expires) = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(offer)?;
+        let live = self
+            .lock()
+            .get(&info.identifier)
+            .is_some_and(|l| l.iter().any(|d| d.id == session));
+        (live && Instant::now() < expires).then_some(info)
+    }
+
+    fn offer_link(&self, offer: String, info: LinkOfferInfo, session: u64) -> Result<(), ApiError> {
+        let mut links = self
+            .links
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if map.len() >= MAX_CHALLENGES / 2 {
-            map.retain(|_, (_, exp)| *exp > now);
+        links.retain(|_, (_, s, exp)| *exp > now && *s != session);
+        if links.len() >= MAX_LINK_OFFERS || links.contains_key(&offer) {
+            return Err(err(
+                ErrorCode::Conflict,
+                "this link offer cannot be taken now; try again with another code",
+            ));
         }
-        if map.len() >= MAX_CHALLENGES {
-            return None;
-        }
-        map.insert(c, (device, now + ttl));
-        Some(c)
+        links.insert(offer, (info, session, now + LINK_OFFER_TTL));
+        Ok(())
     }
 
-    /// Consumes a challenge: the device it was issued for, if it existed and is unexpired.
-    /// Once taken it is gone, whatever the caller decides next.
-    fn take_challenge(&self, c: &[u8; 32]) -> Option<DeviceId> {
-        let mut map = self
+    /// A new one-time challenge for `device`, valid for `ttl`: 8 bytes of expiry (Unix
+    /// milliseconds) and 24 bytes of MAC. Nothing is stored until it is answered.
+    pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> Option<[u8; 32]> {
+        let expiry = unix_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        Some(self.challenge_key.challenge(&device, expiry))
+    }
+
+    /// Whether `c` is a challenge this directory issued for `device` and it has not expired.
+    fn check_challenge(&self, c: &[u8; 32], device: &DeviceId) -> bool {
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&c[..8]);
+        let expiry = u64::from_be_bytes(exp);
+        let want = self.challenge_key.challenge(device, expiry);
+        let same = want.iter().zip(c).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        same && expiry > unix_ms()
+    }
+
+    /// Uses up a checked challenge once its signature verified: false if it was used before
+    /// (a replay), or if [`MAX_CHALLENGES`] unexpired ones are recorded (then try again).
+    fn consume_challenge(&self, c: &[u8; 32]) -> bool {
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&c[..8]);
+        let expiry = u64::from_be_bytes(exp);
+        let mut used = self
             .challenges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(c)
-            .and_then(|(d, exp)| (exp > Instant::now()).then_some(d))
+        if used.len() >= MAX_CHALLENGES / 2 {
+            let now = unix_ms();
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.len() >= MAX_CHALLENGES || used.contains_key(c) {
+            return false;
+        }
+        used.insert(*c, expiry);
+        true
     }
 
     /// Ends every session (shutdown, after [`Sessions::shutdown`] is cancelled: a session
@@ -179,6 +270,11 @@ impl Sessions {
         for d in self.lock().values().flatten() {
             d.queue.kill();
         }
+    }
+
+    /// Whether any device of `id` has a session open.
+    pub(crate) fn is_online(&self, id: &Identifier) -> bool {
+        self.lock().get(id).is_some_and(|l| !l.is_empty())
     }
 
     /// Number of open sessions.
@@ -356,9 +452,6 @@ pub(crate) async fn upgrade(
             "malformed challenge; request a new one",
         )
     })?;
-    // Consumed on any attempt, whatever else is wrong with the request: a challenge is
-    // never answered twice.
-    let issued_for = st.sessions.take_challenge(&ch);
     let device = DeviceId::from_hex(&device).map_err(|_| {
         bad(
             ErrorCode::BadRequest,
@@ -366,7 +459,7 @@ pub(crate) async fn upgrade(
             "device_id is not a key",
         )
     })?;
-    if issued_for != Some(device) {
+    if !st.sessions.check_challenge(&ch, &device) {
         return Err(bad(
             ErrorCode::ChallengeInvalid,
             StatusCode::UNAUTHORIZED,
@@ -390,7 +483,26 @@ pub(crate) async fn upgrade(
             "the signature does not verify",
         ));
     }
-    let found = st.store.run(move |c| q::device(c, &device)).await?;
+    // Only the device's key holder uses a challenge up, so no one else can exhaust the
+    // record of used ones; a replayed answer is refused here.
+    if !st.sessions.consume_challenge(&ch) {
+        return Err(bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "challenge unknown, expired or already used; request a new one",
+        ));
+    }
+    let found = st
+        .store
+        .run(move |c| {
+            let found = q::device(c, &device)?;
+            if let Some((account, _)) = &found {
+                // The registration lock lapses only after a long time without a session.
+                q::seen(c, &account.identifier, now_secs())?;
+            }
+            Ok(found)
+        })
+        .await?;
     let Some((account, cert)) = found else {
         return Err(bad(
             ErrorCode::UnknownDevice,
@@ -875,6 +987,27 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             Ok(Reply::Done)
         }
+        Request::LinkOffer { offer, endpoint } => {
+            limit(ctx)?;
+            if !is_link_offer(&offer) || endpoint.addrs.len() > MAX_ADDRS {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "a link offer is 4 characters of 0-9A-Z and an endpoint",
+                ));
+            }
+            let device = session_device(st, &me, ctx.session)?;
+            let info = LinkOfferInfo {
+                identifier: me,
+                device_id: device,
+                endpoint,
+            };
+            st.sessions.offer_link(offer, info, ctx.session)?;
+            Ok(Reply::Done)
+        }
+        Request::PublishDevices { list, certs, pin } => {
+            limit(ctx)?;
+            publish_devices(st, ctx, *list, certs, pin).await
+        }
         Request::Contacts => {
             limit(ctx)?;
             let m = me.clone();
@@ -1058,6 +1191,155 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
     }
 }
 
+/// The device of session `session` of `me` (its own session is closing if it is gone).
+fn session_device(st: &AppState, me: &Identifier, session: u64) -> Result<DeviceId, ApiError> {
+    st.sessions
+        .lock()
+        .get(me)
+        .and_then(|l| l.iter().find(|d| d.id == session))
+        .map(|d| d.cert.device_id)
+        .ok_or_else(|| err(ErrorCode::Conflict, "this session is closing"))
+}
+
+/// [`Request::PublishDevices`]: checks the list against the account and makes it the
+/// published one; ends the sessions of devices that left it.
+async fn publish_devices(
+    st: &AppState,
+    ctx: &Ctx,
+    list: DeviceList,
+    certs: Vec<DeviceCertificate>,
+    pin: Option<String>,
+) -> Result<Reply, ApiError> {
+    let me = ctx.account.identifier.clone();
+    let bad = |m: String| err(ErrorCode::BadDeviceList, m);
+    list.verify()
+        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
+    let requester = session_device(st, &me, ctx.session)?;
+    if list.identifier != me {
+        return Err(bad(format!(
+            "the device list is for {}, not {me}",
+            list.identifier
+        )));
+    }
+    if !list.contains(&requester) {
+        return Err(bad(
+            "a device cannot remove itself from the list: revoke it from another device".into(),
+        ));
+    }
+    if certs.len() > dialtone_proto::devices::MAX_DEVICES {
+        return Err(bad("too many certificates".into()));
+    }
+    for c in &certs {
+        c.verify().map_err(|e| {
+            err(
+                ErrorCode::InvalidCertificate,
+                format!("a device certificate is invalid: {e}"),
+            )
+        })?;
+        match list.devices.iter().find(|d| d.device_id == c.device_id) {
+            Some(d) if d.name == c.name && c.identity_key == list.identity_key => {}
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidCertificate,
+                    format!("the certificate of {:?} does not match the list", c.name),
+                ));
+            }
+        }
+    }
+    let lock = match (&pin, list.registration_lock) {
+        (Some(_), false) => {
+            return Err(bad("a PIN was given but the list turns the lock off".into()));
+        }
+        (Some(p), true) => {
+            check_pin(p).map_err(bad)?;
+            let p = p.clone();
+            LockChange::Set(
+                tokio::task::spawn_blocking(move || crate::reglock::hash_pin(&p))
+                    .await
+                    .map_err(|_| ApiError::from(StoreError::Join))?,
+            )
+        }
+        (None, true) => LockChange::Keep,
+        (None, false) => LockChange::Clear,
+    };
+    let now = now_secs();
+    let m2 = me.clone();
+    let removed = st
+        .store
+        .run(move |c| {
+            let tx = c.transaction()?;
+            let account = q::account(&tx, &m2)?
+                .ok_or_else(|| StoreError::Invalid("the account is gone".into()))?;
+            if account.identity_key != list.identity_key {
+                return Err(StoreError::Invalid(
+                    "the device list is not signed by this account's identity key".into(),
+                ));
+            }
+            let current = q::device_list(&tx, &m2)?;
+            // How the key was bound is carried over from list to list; with no list yet
+            // (a key bound by an older client), no PIN was given for it.
+            if current.is_none() && list.unlocked_with_pin {
+                return Err(StoreError::Invalid(
+                    "this key was not bound with a registration-lock PIN (unlocked_with_pin)".into(),
+                ));
+            }
+            if let Some(cur) = &current {
+                if cur.version >= list.version {
+                    return Err(StoreError::Invalid(format!(
+                        "the device list's version {} is not newer than the published {}: fetch the current list and try again",
+                        list.version, cur.version
+                    )));
+                }
+                if cur.unlocked_with_pin != list.unlocked_with_pin {
+                    return Err(StoreError::Invalid(
+                        "the list must keep how its key was bound (unlocked_with_pin)".into(),
+                    ));
+                }
+            }
+            if matches!(lock, LockChange::Keep)
+                && q::lock(&tx, &m2)?.and_then(|l| l.hash).is_none()
+            {
+                return Err(StoreError::Invalid(
+                    "turning on the registration lock needs a PIN".into(),
+                ));
+            }
+            let registered = q::devices(&tx, &m2)?;
+            let mut new_certs = Vec::new();
+            for d in &list.devices {
+                if registered.iter().any(|r| r.device_id == d.device_id) {
+                    continue;
+                }
+                let Some(cert) = certs.iter().find(|c| c.device_id == d.device_id) else {
+                    return Err(StoreError::Invalid(format!(
+                        "{:?} is new on the list but has no certificate",
+                        d.name
+                    )));
+                };
+                if q::device(&tx, &d.device_id)?.is_some() {
+                    return Err(StoreError::Invalid(format!(
+                        "{:?} is registered to another account",
+                        d.name
+                    )));
+                }
+                new_certs.push(cert.clone());
+            }
+            let removed = q::set_device_list(&tx, &m2, &list, &new_certs, lock, now)?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Invalid(m) => bad(m),
+            e => e.into(),
+        })?;
+    debug!(removed = removed.len(), "device list published");
+    st.kt.notify();
+    if !removed.is_empty() {
+        st.sessions.key_replaced(st, &me, &removed).await;
+    }
+    Ok(Reply::Done)
+}
+
 fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {
     ctx.limiter.check(Instant::now()).map_err(|w| {
         err(
@@ -1204,10 +1486,21 @@ mod tests {
     fn challenges_are_single_use_and_bound_to_their_device() {
         let s = Sessions::default();
         let d1 = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
+        let d2 = DeviceId::from_signing_key(&SigningKey::from_bytes(&[2; 32]));
         let c = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
-        assert_eq!(s.take_challenge(&c), Some(d1));
-        assert_eq!(s.take_challenge(&c), None);
+        assert!(s.check_challenge(&c, &d1));
+        assert!(!s.check_challenge(&c, &d2), "bound to its device");
+        let mut forged = c;
+        forged[0] ^= 1; // a later expiry
+        assert!(!s.check_challenge(&forged, &d1));
+        assert!(s.consume_challenge(&c));
+        assert!(!s.consume_challenge(&c), "single use");
         let c = s.new_challenge(d1, Duration::ZERO).unwrap();
-        assert_eq!(s.take_challenge(&c), None, "expired");
+        assert!(!s.check_challenge(&c, &d1), "expired");
+        // Issuing keeps nothing.
+        for _ in 0..1000 {
+            s.new_challenge(d1, Duration::from_secs(60)).unwrap();
+        }
+        assert_eq!(s.challenges.lock().unwrap().len(), 1);
     }
 }

@@ -10,7 +10,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use dialtone_proto::{DeviceCertificate, DeviceId, Identifier, IdentityKey, directory::Relation};
+use dialtone_proto::{
+    DeviceCertificate, DeviceId, Identifier, IdentityKey, devices::DeviceList, directory::Relation,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema migrations; index + 1 is the version each one leads to.
@@ -81,6 +83,15 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO kt_pending (identifier, value, queued_at)
         SELECT identifier, CAST(X'01' || identity_key AS BLOB), updated_at FROM accounts;",
+    // 3: devices and the registration lock. `device_list` is the signed device list (JSON)
+    // published as the account's transparency-log value; `lock_hash` the Argon2id hash of the
+    // registration-lock PIN; `last_seen` when a device of the account last opened a session
+    // (the lock lapses after a configured time without one).
+    "ALTER TABLE accounts ADD COLUMN device_list TEXT;
+    ALTER TABLE accounts ADD COLUMN lock_hash TEXT;
+    ALTER TABLE accounts ADD COLUMN lock_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+    UPDATE accounts SET last_seen = updated_at;",
 ];
 
 /// Errors of the store.
@@ -106,6 +117,28 @@ pub enum StoreError {
 pub(crate) struct Account {
     pub(crate) identifier: Identifier,
     pub(crate) identity_key: IdentityKey,
+}
+
+/// An account's registration lock, as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Lock {
+    /// Argon2id PHC string of the PIN; `None` when no lock is set.
+    pub(crate) hash: Option<String>,
+    /// Wrong PINs given since the last right one.
+    pub(crate) failures: u32,
+    /// When a device of the account last opened a session (seconds since the Unix epoch).
+    pub(crate) last_seen: u64,
+}
+
+/// What a device-list change does to the registration lock.
+#[derive(Debug, Clone)]
+pub(crate) enum LockChange {
+    /// Leave it as it is.
+    Keep,
+    /// Set (or replace) the PIN hash.
+    Set(String),
+    /// Remove the lock.
+    Clear,
 }
 
 /// A verification waiting for its code.
@@ -326,19 +359,151 @@ pub(crate) mod q {
         Ok(())
     }
 
-    /// Binds `id` to `key` with `cert` as a device. Returns the devices removed because the
-    /// key changed (their sessions must end).
+    /// Binds `id` to `key` with `cert` as a device and, if given, `list` as the published
+    /// device list (every other registered device not on it is removed) and the lock change.
+    /// Returns whether the key changed and the devices removed (their sessions must end).
     pub(crate) fn bind(
         c: &mut Connection,
         id: &Identifier,
         key: &IdentityKey,
         cert: &DeviceCertificate,
+        list: Option<&DeviceList>,
+        lock: LockChange,
         now: u64,
     ) -> Result<(bool, Vec<DeviceId>), StoreError> {
         let tx = c.transaction()?;
-        let r = bind_in(&tx, id, key, cert, now)?;
+        let (replaced, mut removed) = bind_in(&tx, id, key, cert, now)?;
+        seen(&tx, id, now)?;
+        if let Some(list) = list {
+            removed.extend(set_device_list(&tx, id, list, &[], lock, now)?);
+        } else if replaced {
+            tx.execute(
+                "UPDATE accounts SET device_list = NULL, lock_hash = NULL, lock_failures = 0 WHERE identifier = ?1",
+                [id.as_str()],
+            )?;
+        }
         tx.commit()?;
-        Ok(r)
+        Ok((replaced, removed))
+    }
+
+    /// The account's signed device list, if it published one.
+    pub(crate) fn device_list(
+        c: &Connection,
+        id: &Identifier,
+    ) -> Result<Option<DeviceList>, StoreError> {
+        let row: Option<Option<String>> = c
+            .query_row(
+                "SELECT device_list FROM accounts WHERE identifier = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        row.flatten()
+            .map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// The account's registration lock.
+    pub(crate) fn lock(c: &Connection, id: &Identifier) -> Result<Option<Lock>, StoreError> {
+        c.query_row(
+            "SELECT lock_hash, lock_failures, last_seen FROM accounts WHERE identifier = ?1",
+            [id.as_str()],
+            |r| {
+                Ok(Lock {
+                    hash: r.get(0)?,
+                    failures: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+                    last_seen: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                })
+            },
+        )
+        .optional()
+        .map_err(Into::into)
+    }
+
+    /// Counts a wrong PIN (`right == false`) or resets the count.
+    pub(crate) fn pin_tried(
+        c: &Connection,
+        id: &Identifier,
+        right: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if right {
+            "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1"
+        } else {
+            "UPDATE accounts SET lock_failures = lock_failures + 1 WHERE identifier = ?1"
+        };
+        c.execute(sql, [id.as_str()])?;
+        Ok(())
+    }
+
+    /// Records that a device of the account opened a session now.
+    pub(crate) fn seen(c: &Connection, id: &Identifier, now: u64) -> Result<(), StoreError> {
+        c.execute(
+            "UPDATE accounts SET last_seen = ?2 WHERE identifier = ?1",
+            params![id.as_str(), now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Makes `list` the account's device list (checked by the caller): registers `new_certs`,
+    /// removes the registered devices not on it, applies the lock change and queues the list
+    /// for the transparency log. Returns the removed devices.
+    pub(crate) fn set_device_list(
+        tx: &Connection,
+        id: &Identifier,
+        list: &DeviceList,
+        new_certs: &[DeviceCertificate],
+        lock: LockChange,
+        now: u64,
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let mut removed = Vec::new();
+        for d in devices(tx, id)? {
+            if !list.contains(&d.device_id) {
+                tx.execute(
+                    "DELETE FROM devices WHERE device_id = ?1",
+                    [&d.device_id.as_bytes()[..]],
+                )?;
+                removed.push(d.device_id);
+            }
+        }
+        for cert in new_certs {
+            let cert_json =
+                serde_json::to_string(cert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO devices (device_id, identifier, cert, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&cert.device_id.as_bytes()[..], id.as_str(), cert_json, now],
+            )?;
+        }
+        let json = serde_json::to_string(list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "UPDATE accounts SET device_list = ?2 WHERE identifier = ?1",
+            params![id.as_str(), json],
+        )?;
+        match lock {
+            LockChange::Keep => {}
+            LockChange::Set(hash) => {
+                tx.execute(
+                    "UPDATE accounts SET lock_hash = ?2, lock_failures = 0 WHERE identifier = ?1",
+                    params![id.as_str(), hash],
+                )?;
+            }
+            LockChange::Clear => {
+                tx.execute(
+                    "UPDATE accounts SET lock_hash = NULL, lock_failures = 0 WHERE identifier = ?1",
+                    [id.as_str()],
+                )?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
+            params![
+                id.as_str(),
+                dialtone_proto::transparency::kt_value_devices(list),
+                now
+            ],
+        )?;
+        Ok(removed)
     }
 
     /// [`bind`] inside a transaction the caller commits (bulk provisioning binds many at

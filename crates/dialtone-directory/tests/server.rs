@@ -505,13 +505,30 @@ async fn challenges_are_single_use() {
     let msg = a.body["message"].as_str().unwrap();
     assert!(msg.contains("already used"), "{msg}");
 
-    // A wrong signature burns the challenge too.
+    // A wrong signature does not use the challenge up (only the device's key can), so no one
+    // else can burn a device's challenges; the right answer then uses it, once.
     let url = d.session_url(&k).await;
     let (base, _) = url.split_once("&signature=").unwrap();
     let bad = format!("{}&signature={}", base, "00".repeat(64)).replacen("ws", "http", 1);
     let a = send(d.http.get(&bad)).await;
     assert_eq!(a.error(), (401, "bad_signature"));
     let a = send(d.http.get(url.replacen("ws", "http", 1))).await;
+    assert_eq!(
+        a.error(),
+        (400, "bad_request"),
+        "valid, but no WebSocket upgrade"
+    );
+    let a = send(d.http.get(url.replacen("ws", "http", 1))).await;
+    assert_eq!(a.error(), (401, "challenge_invalid"));
+    // Another device's challenge does not open this device's session.
+    let (k2, _) = d.register(3, "carol@example.com").await;
+    let other = d.session_url(&k2).await;
+    let (_, other_challenge) = other.split_once("challenge=").unwrap();
+    let other_challenge = other_challenge.split('&').next().unwrap();
+    let (_, mine) = url.split_once("challenge=").unwrap();
+    let mine = mine.split('&').next().unwrap();
+    let swapped = url.replace(mine, other_challenge).replacen("ws", "http", 1);
+    let a = send(d.http.get(&swapped)).await;
     assert_eq!(a.error(), (401, "challenge_invalid"));
 
     // A challenge never issued, and a malformed one.

@@ -27,6 +27,7 @@ use serde::Serialize;
 pub mod doctor;
 #[cfg(feature = "relay-server")]
 pub mod relay;
+pub mod select;
 
 /// The iroh endpoint itself, for `dialtone-agent`'s accept loop.
 pub use iroh::Endpoint;
@@ -156,6 +157,7 @@ async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
         .ca_tls_config(CaTlsConfig::embedded().with_extra_roots(roots))
         .net_report_config(net_report_config())
         .clear_address_lookup()
+        .path_selector(std::sync::Arc::new(select::Ipv6First))
         .clear_ip_transports();
     if !config.portmapper {
         builder = builder.portmapper_config(PortmapperConfig::Disabled);
@@ -404,6 +406,7 @@ fn code_reason(code: dialtone_proto::wire::CloseCode) -> &'static str {
         UnsupportedVersion => "unsupported version",
         Idle => "idle",
         Shutdown => "shutdown",
+        NoDirectPath => "no direct path (direct-only)",
         _ => "closed",
     }
 }

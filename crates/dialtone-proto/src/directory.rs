@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    devices::DeviceList,
     ids::Identifier,
     keys::{DeviceCertificate, DeviceId, IdentityKey, Signature},
 };
@@ -76,6 +77,43 @@ pub struct RegisterConfirm {
     pub code: String,
     /// Identity key's signature over [`crate::keys::register_confirm_transcript`].
     pub signature: Signature,
+    /// The device list to publish for the binding: it must name the device of
+    /// [`RegisterStart`]. Without one the directory publishes the bare key (older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_list: Option<DeviceList>,
+    /// The registration-lock PIN, when the identifier is bound to another key that has a
+    /// lock ([`ErrorCode::RegistrationLocked`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+/// Shortest registration-lock PIN.
+pub const MIN_PIN_LEN: usize = 4;
+/// Longest registration-lock PIN.
+pub const MAX_PIN_LEN: usize = 64;
+
+/// Checks a registration-lock PIN's shape: [`MIN_PIN_LEN`] to [`MAX_PIN_LEN`] printable
+/// characters.
+pub fn check_pin(pin: &str) -> Result<(), String> {
+    let n = pin.chars().count();
+    if !(MIN_PIN_LEN..=MAX_PIN_LEN).contains(&n) || pin.chars().any(char::is_control) {
+        return Err(format!(
+            "a registration-lock PIN is {MIN_PIN_LEN} to {MAX_PIN_LEN} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Answer to `GET /v1/link/{offer}`: the device that shows a device-link code, so the new
+/// device can connect to it directly. Each offer can be fetched once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkOfferInfo {
+    /// Whose device shows the code.
+    pub identifier: Identifier,
+    /// The device to connect to.
+    pub device_id: DeviceId,
+    /// Where it is reachable.
+    pub endpoint: EndpointInfo,
 }
 
 /// Answer to [`RegisterConfirm`]: the binding now in force.
@@ -119,6 +157,17 @@ pub struct SessionQuery {
     pub signature: Signature,
 }
 
+/// Length of a device-link offer id ([`Request::LinkOffer`]).
+pub const LINK_OFFER_LEN: usize = 4;
+
+/// Whether `offer` is a well-formed link offer id.
+pub fn is_link_offer(offer: &str) -> bool {
+    offer.len() == LINK_OFFER_LEN
+        && offer
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
 /// `GET /v1/lookup/{identifier}`: public keys only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublicRecord {
@@ -128,6 +177,10 @@ pub struct PublicRecord {
     pub identity_key: IdentityKey,
     /// Its devices' certificates.
     pub devices: Vec<DeviceCertificate>,
+    /// The signed device list, if the person published one (unproven here: prove it with
+    /// `/v1/kt/lookup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_list: Option<DeviceList>,
 }
 
 /// `GET /v1/info`.
@@ -198,6 +251,13 @@ pub enum ErrorCode {
     DeliveryFailed,
     /// The binding is not in the transparency log yet; ask again in a moment.
     NotPublished,
+    /// The identifier is bound to another key with a registration lock: give the PIN.
+    RegistrationLocked,
+    /// The registration-lock PIN was wrong.
+    WrongPin,
+    /// A device list was refused (not signed by the account's key, an old version, a device
+    /// without a certificate, the requesting device missing).
+    BadDeviceList,
     /// The directory failed; not the client's fault.
     Internal,
 }
@@ -411,6 +471,30 @@ pub enum Request {
         message: Option<String>,
         /// Where this device is reachable.
         endpoint: EndpointInfo,
+    },
+    /// Offer a device-link rendezvous: until it is fetched once (`GET /v1/link/{offer}`),
+    /// expires or this session ends, the directory tells whoever names `offer` this device's
+    /// id and `endpoint`. The link itself runs directly between the two devices.
+    LinkOffer {
+        /// The offer id: [`LINK_OFFER_LEN`] characters of `0-9A-Z` (the first part of the
+        /// code the device shows).
+        offer: String,
+        /// Where this device is reachable.
+        endpoint: EndpointInfo,
+    },
+    /// Publish a new signed device list (link, revoke, registration lock): signed by the
+    /// account's identity key, a higher version, naming the requesting device. Devices not
+    /// on it lose their sessions and registrations; new devices need a certificate.
+    PublishDevices {
+        /// The new list (boxed: the largest request by far).
+        list: Box<DeviceList>,
+        /// Certificates of the devices that are new on the list.
+        #[serde(default)]
+        certs: Vec<DeviceCertificate>,
+        /// The new registration-lock PIN, when `list.registration_lock` turns the lock on or
+        /// changes the PIN.
+        #[serde(default)]
+        pin: Option<String>,
     },
     /// Unblock someone (they are not re-added as a contact).
     Unblock {

@@ -349,7 +349,7 @@ impl DeviceCertificate {
     }
 }
 
-fn check_device_name(name: &str) -> Result<(), KeyError> {
+pub(crate) fn check_device_name(name: &str) -> Result<(), KeyError> {
     if name.is_empty() || name.len() > MAX_DEVICE_NAME_LEN || name.chars().any(char::is_control) {
         return Err(KeyError::BadDeviceName);
     }

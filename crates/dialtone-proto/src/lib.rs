@@ -24,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod devices;
 pub mod directory;
 pub mod ids;
 pub mod keys;

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub enum Refusal {
     /// You blocked the recipient.
     Blocked,
+    /// A device is not on its owner's device list in the transparency log: this device was
+    /// revoked (the recipient's devices refuse it), or the recipient's device was.
+    DeviceRevoked,
     /// The directory's answer failed the key-transparency checks (a key its log does not
     /// prove, a rolled-back or forked log, a split view): it may be lying.
     DirectoryUntrusted,
@@ -36,8 +39,9 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, for docs and tests.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Blocked,
+        Self::DeviceRevoked,
         Self::DirectoryUntrusted,
         Self::DoNotDisturb,
         Self::KeyChanged,
@@ -52,6 +56,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Blocked => "blocked",
+            Self::DeviceRevoked => "device-revoked",
             Self::DirectoryUntrusted => "directory-untrusted",
             Self::DoNotDisturb => "do-not-disturb",
             Self::KeyChanged => "key-changed",
@@ -80,6 +85,7 @@ impl Refusal {
             Self::KeyChanged => 16,
             Self::PeerRefused => 17,
             Self::DirectoryUntrusted => 18,
+            Self::DeviceRevoked => 19,
         }
     }
 
@@ -99,6 +105,11 @@ impl Refusal {
                  (a key its log does not prove, a rolled-back or forked log, or a split view found \
                  when your devices compared logs); nothing was sent. The directory may be lying about keys: do not trust new keys \
                  from it, and tell {who} and the directory's operator"
+            ),
+            Self::DeviceRevoked => format!(
+                "a device in this conversation is not on its owner's device list in the transparency log: \
+                 either this device was revoked from your account (link it again with `dialtone device link`), \
+                 or {who}'s device was revoked; nothing was sent"
             ),
             Self::DoNotDisturb => {
                 format!("{who} is busy (do not disturb) and is not taking messages; try later")

@@ -9,7 +9,10 @@
 //! last checkpoint they accepted, and refuse one that does not extend it.
 //!
 //! - The akd *label* is the normalized identifier's UTF-8 bytes.
-//! - The akd *value* is [`KT_VALUE_V1`] followed by the 32-byte identity key ([`kt_value`]).
+//! - The akd *value* is either [`KT_VALUE_V1`] followed by the 32-byte identity key
+//!   ([`kt_value`]), or [`KT_VALUE_V2`] followed by the JSON of the person's signed
+//!   [`DeviceList`] ([`kt_value_devices`]), which names the identity key and the devices that
+//!   speak for it. Clients read either with [`kt_value_key`] and [`kt_value_list`].
 //!
 //! The proofs themselves (akd's `LookupProof`, `HistoryProof`, `AppendOnlyProof`) travel as
 //! akd's own serde JSON (hex for bytes); this crate does not interpret them.
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    devices::DeviceList,
     ids::Identifier,
     keys::{IdentityKey, KeyError, Signature, Transcript, sign},
 };
@@ -31,6 +35,9 @@ pub const AKD_DOMAIN_LABEL: &[u8] = b"dialtone-kt/v1";
 /// First byte of an akd value: version 1 is the bare 32-byte identity key.
 pub const KT_VALUE_V1: u8 = 1;
 
+/// First byte of an akd value: version 2 is a signed [`DeviceList`] as JSON.
+pub const KT_VALUE_V2: u8 = 2;
+
 /// The akd value published for an identity key.
 pub fn kt_value(key: &IdentityKey) -> Vec<u8> {
     let mut v = Vec::with_capacity(33);
@@ -39,13 +46,36 @@ pub fn kt_value(key: &IdentityKey) -> Vec<u8> {
     v
 }
 
-/// The identity key inside an akd value, if the value is well-formed.
+/// The akd value published for a signed device list.
+pub fn kt_value_devices(list: &DeviceList) -> Vec<u8> {
+    let mut v = vec![KT_VALUE_V2];
+    // A list is plain data: serializing it cannot fail.
+    v.extend_from_slice(&serde_json::to_vec(list).unwrap_or_default());
+    v
+}
+
+/// The identity key inside an akd value, if the value is well-formed (and, for a device
+/// list, validly signed).
 pub fn kt_value_key(value: &[u8]) -> Option<IdentityKey> {
-    let (&[KT_VALUE_V1], rest) = value.split_at_checked(1)? else {
+    match value.split_first()? {
+        (&KT_VALUE_V1, rest) => {
+            let arr: [u8; 32] = rest.try_into().ok()?;
+            IdentityKey::from_bytes(&arr).ok()
+        }
+        (&KT_VALUE_V2, _) => kt_value_list(value).map(|l| l.identity_key),
+        _ => None,
+    }
+}
+
+/// The signed device list inside an akd value: `None` for a bare key (version 1) or a value
+/// that is malformed or not validly signed.
+pub fn kt_value_list(value: &[u8]) -> Option<DeviceList> {
+    let (&KT_VALUE_V2, rest) = value.split_first()? else {
         return None;
     };
-    let arr: [u8; 32] = rest.try_into().ok()?;
-    IdentityKey::from_bytes(&arr).ok()
+    let list: DeviceList = serde_json::from_slice(rest).ok()?;
+    list.verify().ok()?;
+    Some(list)
 }
 
 /// A 32-byte hash (a tree root or a checkpoint hash), shown as 64 hex digits.
@@ -150,7 +180,7 @@ impl Checkpoint {
 }
 
 /// `GET /v1/kt/keys`: the public keys a client needs to verify the log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KtKeys {
     /// The checkpoint-signing key.
     pub signing_key: DirectoryKey,
@@ -222,5 +252,36 @@ mod tests {
         assert_eq!(kt_value_key(&[]), None);
         assert_eq!(kt_value_key(&[2; 33]), None);
         assert_eq!(kt_value_key(&[1; 5]), None);
+    }
+
+    #[test]
+    fn device_list_values() {
+        use crate::devices::{DeviceEntry, DeviceListContent};
+        use crate::keys::DeviceId;
+        let sk = SigningKey::from_bytes(&[3; 32]);
+        let list = DeviceList::sign(
+            &sk,
+            DeviceListContent {
+                identifier: Identifier::parse("alice@example.com").unwrap(),
+                version: 1,
+                devices: vec![DeviceEntry {
+                    device_id: DeviceId::from_signing_key(&SigningKey::from_bytes(&[4; 32])),
+                    name: "laptop".into(),
+                    added_at: 0,
+                }],
+                registration_lock: false,
+                unlocked_with_pin: false,
+            },
+        )
+        .unwrap();
+        let v = kt_value_devices(&list);
+        assert_eq!(kt_value_key(&v), Some(IdentityKey::from_signing_key(&sk)));
+        assert_eq!(kt_value_list(&v), Some(list.clone()));
+        assert_eq!(kt_value_list(&kt_value(&list.identity_key)), None);
+        // A list whose signature does not verify is no key at all.
+        let mut forged = list;
+        forged.version = 2;
+        assert_eq!(kt_value_key(&kt_value_devices(&forged)), None);
+        assert_eq!(kt_value_key(&[2, b'{']), None);
     }
 }

@@ -18,7 +18,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{ids::Identifier, keys::DeviceCertificate, refusal::Refusal};
+use crate::{ids::Identifier, keys::DeviceCertificate, refusal::Refusal, transparency::Hash32};
 
 /// The ALPN of the Dialtone peer protocol, version 1.
 pub const ALPN: &[u8] = b"dialtone/1";
@@ -121,6 +121,12 @@ pub enum CloseCode {
     SplitView,
     /// The peer's identity key could not be proven in the directory's transparency log.
     Unproven,
+    /// The peer's device is not on its owner's device list in the transparency log (revoked,
+    /// or never linked).
+    DeviceRevoked,
+    /// This side runs `--direct-only` and no direct path came up: it exchanges nothing over
+    /// the relay.
+    NoDirectPath,
 }
 
 impl CloseCode {
@@ -136,6 +142,8 @@ impl CloseCode {
             Self::UnsupportedVersion => 14,
             Self::SplitView => 15,
             Self::Unproven => 16,
+            Self::DeviceRevoked => 17,
+            Self::NoDirectPath => 18,
         }
     }
 
@@ -151,6 +159,8 @@ impl CloseCode {
             Self::UnsupportedVersion,
             Self::SplitView,
             Self::Unproven,
+            Self::DeviceRevoked,
+            Self::NoDirectPath,
         ]
         .into_iter()
         .find(|c| u64::from(c.code()) == code)
@@ -195,7 +205,43 @@ pub enum Frame {
         /// Why.
         refusal: Refusal,
     },
+    /// Device link, first frame from the new device (instead of a hello): the offer of the
+    /// code it was given, the name it wants, and its proof of the code
+    /// ([`crate::devices::LinkCode::proof`], role `"new"`).
+    LinkRequest {
+        /// The offer id (first part of the code).
+        offer: String,
+        /// The new device's name.
+        name: String,
+        /// Proof of the code.
+        proof: Hash32,
+    },
+    /// Device link: the existing device accepts and proves the code too (role `"existing"`).
+    LinkAccepted {
+        /// Proof of the code.
+        proof: Hash32,
+    },
+    /// Device link: contacts' pinned keys for the new device, in chunks of at most
+    /// [`MAX_LINK_PINS`].
+    LinkPins {
+        /// Pins.
+        pins: Vec<crate::devices::LinkedPin>,
+    },
+    /// Device link: the new device's certificate, the published list and the log state.
+    LinkBundle(Box<crate::devices::LinkBundle>),
+    /// Device link: the new device stored what it was given.
+    LinkDone,
+    /// Device link: one side gives up, and says why.
+    LinkRefused {
+        /// For a person, at most [`MAX_REASON_LEN`] bytes.
+        reason: String,
+    },
 }
+
+/// Most pins in one [`Frame::LinkPins`].
+pub const MAX_LINK_PINS: usize = 100;
+/// Longest [`Frame::LinkRefused`] reason.
+pub const MAX_REASON_LEN: usize = 300;
 
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,6 +311,18 @@ impl Frame {
             Self::Text { body, .. } if body.len() > MAX_TEXT_LEN => {
                 Err(DecodeError::Invalid("text body over MAX_TEXT_LEN"))
             }
+            Self::LinkRequest { offer, name, .. }
+                if !crate::directory::is_link_offer(offer)
+                    || crate::keys::check_device_name(name).is_err() =>
+            {
+                Err(DecodeError::Invalid("bad link offer or device name"))
+            }
+            Self::LinkPins { pins } if pins.len() > MAX_LINK_PINS => {
+                Err(DecodeError::Invalid("too many pins in one frame"))
+            }
+            Self::LinkRefused { reason } if reason.len() > MAX_REASON_LEN => {
+                Err(DecodeError::Invalid("reason over MAX_REASON_LEN"))
+            }
             _ => Ok(()),
         }
     }
@@ -292,8 +350,8 @@ mod tests {
         h.checkpoint = Some(crate::transparency::Checkpoint::sign(
             &key,
             3,
-            crate::transparency::Hash32([4; 32]),
-            crate::transparency::Hash32([5; 32]),
+            Hash32([4; 32]),
+            Hash32([5; 32]),
         ));
         let mut b = Vec::new();
         ciborium::into_writer(&Frame::Hello(h.clone()), &mut b).unwrap();

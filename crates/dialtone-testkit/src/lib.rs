@@ -352,6 +352,33 @@ impl Person {
         p
     }
 
+    /// A home with no identity yet (a device about to be linked).
+    pub fn empty(identifier: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        Self {
+            identifier: identifier.to_owned(),
+            home,
+            netns: None,
+            _tmp: tmp,
+        }
+    }
+
+    /// Starts `dialtone --home H ARGS…` without waiting; its standard output is piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        command_in(self.netns.as_deref(), &bin("dialtone"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("DIALTONE_PASSPHRASE")
+            .env_remove("DIALTONE_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// A person whose commands and agent run inside network namespace `netns`.
     pub fn new_in(netns: &str, identifier: &str) -> Self {
         let mut p = Self::new(identifier);
@@ -656,20 +683,85 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
-fn wait_output(mut child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+/// Waits for `child` to exit and collects its output, at most `timeout`. It returns as soon as
+/// the child exits (a thread blocks in `wait`; no polling), so `Run::elapsed` measures the
+/// command itself, not a polling interval; and it reads stdout and stderr while the child
+/// runs, so a child that writes more than a pipe holds cannot block on a full pipe.
+fn wait_output(child: Child, timeout: Duration) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let stderr = rx
+                .recv_timeout(Duration::from_secs(5))
+                .ok()
+                .and_then(Result::ok)
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            panic!("command timed out after {timeout:?}: {stderr}");
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "command timed out after {timeout:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Turns the terminal QR code (half blocks, light modules drawn) back into a PGM image.
+pub fn terminal_qr_to_pgm(output: &str, path: &Path) {
+    let rows: Vec<Vec<char>> = output
+        .lines()
+        .filter(|l| !l.is_empty() && l.chars().all(|c| " █▀▄".contains(c)) && l.contains('█'))
+        .map(|l| l.chars().collect())
+        .collect();
+    assert!(rows.len() > 10, "no QR code in the output:\n{output}");
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let mut pixels: Vec<Vec<u8>> = Vec::new();
+    for row in &rows {
+        let (mut top, mut bottom) = (vec![0u8; width], vec![0u8; width]);
+        for (x, c) in row.iter().enumerate() {
+            let (t, b) = match c {
+                '█' => (true, true),
+                '▀' => (true, false),
+                '▄' => (false, true),
+                _ => (false, false),
+            };
+            top[x] = if t { 255 } else { 0 };
+            bottom[x] = if b { 255 } else { 0 };
+        }
+        pixels.push(top);
+        pixels.push(bottom);
+    }
+    let scale = 4;
+    let (w, h) = (width * scale, pixels.len() * scale);
+    let mut data = format!("P5\n{w} {h}\n255\n").into_bytes();
+    for row in &pixels {
+        for _ in 0..scale {
+            for px in row {
+                data.extend(std::iter::repeat_n(*px, scale));
+            }
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// Decodes the QR code printed in `output` with `zbarimg` (Debian's zbar-tools, installed by
+/// `scripts/setup.sh`) and returns its text.
+pub fn decode_terminal_qr(output: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let pgm = tmp.path().join("qr.pgm");
+    terminal_qr_to_pgm(output, &pgm);
+    let out = Command::new("zbarimg")
+        .args(["--raw", "-q"])
+        .arg(&pgm)
+        .output()
+        .expect("zbarimg is installed (scripts/setup.sh installs zbar-tools)");
+    assert!(
+        out.status.success(),
+        "zbarimg could not read the QR code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -524,6 +524,28 @@ impl Net {
         }
     }
 
+    /// Drops every UDP packet between the two sides where `pub` forwards them (not those to or
+    /// from `pub` itself, where the directory and its relay live): the agents can reach each
+    /// other only through the relay, and hole punching fails, silently, as behind a firewall
+    /// that blocks UDP. [`Net::allow_direct`] lifts it. Not for the same-LAN topology (its agents
+    /// meet in their own router).
+    pub fn block_direct(&self) {
+        assert!(self.lan_router.is_none(), "block_direct: same-LAN topology");
+        self.lab.nft(
+            &self.public,
+            "table inet dtblock {\n\
+             chain gate { type filter hook forward priority -10; policy accept;\n\
+               iifname \"to1\" oifname \"to2\" meta l4proto udp drop;\n\
+               iifname \"to2\" oifname \"to1\" meta l4proto udp drop; }\n\
+             }\n",
+        );
+    }
+
+    /// Lifts [`Net::block_direct`].
+    pub fn allow_direct(&self) {
+        self.lab.nft(&self.public, "delete table inet dtblock\n");
+    }
+
     /// Links `ns` (interface `wan`) to `pub` (interface `to{i}`) with side `i`'s public
     /// addresses and a default route.
     fn wan(lab: &Lab, public: &str, ns: &str, i: u8, v4: bool, v6: bool) {

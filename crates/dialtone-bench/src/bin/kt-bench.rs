@@ -28,6 +28,12 @@ use akd::{
 };
 use clap::Parser;
 use dialtone_directory::kt::{FileVrf, KtConfiguration, SqliteAkd};
+use dialtone_proto::{
+    DeviceId, Identifier,
+    devices::{DeviceEntry, DeviceList, DeviceListContent},
+    transparency::kt_value_devices,
+};
+use ed25519_dalek::SigningKey;
 
 #[derive(Parser, Debug)]
 #[command(about = "Key-transparency cost at 10k/100k identities")]
@@ -54,11 +60,39 @@ fn label(i: usize) -> AkdLabel {
 }
 
 fn value(i: usize, round: u8) -> AkdValue {
-    // Version byte + a 32-byte "identity key" (the shape Dialtone publishes).
-    let mut v = vec![1u8; 33];
-    v[1..9].copy_from_slice(&(i as u64).to_be_bytes());
-    v[9] = round;
-    AkdValue(v)
+    // What Dialtone publishes: version 2, a device list with two devices signed by the
+    // identity key (deterministic per identity and round, so the check below can rebuild it).
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    seed[8] = round;
+    let identity = SigningKey::from_bytes(&seed);
+    let device = |n: u8| {
+        let mut dseed = seed;
+        dseed[31] = n;
+        DeviceEntry {
+            device_id: DeviceId::from_signing_key(&SigningKey::from_bytes(&dseed)),
+            name: if n == 1 {
+                "phone".into()
+            } else {
+                "laptop".into()
+            },
+            added_at: 1_764_000_000,
+        }
+    };
+    let devices = vec![device(1), device(2)];
+    let list = DeviceList::sign(
+        &identity,
+        DeviceListContent {
+            identifier: Identifier::parse(&format!("user{i:07}@example.com"))
+                .expect("a valid identifier"),
+            version: 1_764_000_000_000 + u64::from(round),
+            devices,
+            registration_lock: false,
+            unlocked_with_pin: false,
+        },
+    )
+    .expect("a valid list");
+    AkdValue(kt_value_devices(&list))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -120,6 +120,8 @@ pub fn confirm_body(k: &Keys, id: &str, code: &str) -> Vec<u8> {
         identifier,
         identity_key: ik,
         code: code.into(),
+        device_list: None,
+        pin: None,
     };
     serde_json::to_vec(&req).unwrap()
 }
