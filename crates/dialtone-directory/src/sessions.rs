@@ -797,29 +797,30 @@ async fn step(mut live: Live, ev: Event) -> Option<Live> {
     }
 }
 
-/// Ends the session: a close frame (with `code`, if the client broke the protocol), then it
-/// leaves the registry and the contacts are told. Always `None`.
-async fn close(mut live: Live, code: Option<u16>) -> Option<Live> {
-    let _ = tokio::time::timeout(Duration::from_secs(1), live.conn.send_close(code)).await;
-    let s = live;
-    let id = s.ctx.session;
+/// Ends the session: it leaves the registry, the client gets a close frame (with `code`, if
+/// it broke the protocol), the contacts are told, and the socket closes once the client has
+/// closed its side too (a second at most). Always `None`.
+async fn close(live: Live, code: Option<u16>) -> Option<Live> {
+    let Live {
+        st, ctx, mut conn, ..
+    } = live;
+    let id = ctx.session;
+    // Out of the registry first: once the client sees the close frame, the session is gone.
     let removed = {
-        let mut map = s.st.sessions.lock();
+        let mut map = st.sessions.lock();
         let mut removed = false;
-        if let Some(list) = map.get_mut(&s.ctx.account.identifier) {
+        if let Some(list) = map.get_mut(&ctx.account.identifier) {
             let before = list.len();
             list.retain(|d| d.id != id);
             removed = list.len() != before;
             if list.is_empty() {
-                map.remove(&s.ctx.account.identifier);
+                map.remove(&ctx.account.identifier);
             }
         }
         removed
     };
     debug!(session = id, "session closed");
-    let Live {
-        st, ctx, mut conn, ..
-    } = s;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send_close(code)).await;
     if removed {
         Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
     }
