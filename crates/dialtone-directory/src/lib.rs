@@ -43,6 +43,7 @@ use std::{
 };
 
 use dialtone_proto::{Identifier, rules::RateLimiter};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpListener;
@@ -408,13 +409,16 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         close_dead_links(&stream, dead_link);
-        let svc = router
-            .clone()
-            .layer(axum::Extension(http::ClientAddr(peer)));
+        // The shared router, with the client's address put into each request (layering the
+        // router per connection would copy its route table for every connection).
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(http::ClientAddr(peer));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
         let tls = tls.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let svc = hyper_util::service::TowerToHyperService::new(svc);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

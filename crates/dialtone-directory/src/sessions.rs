@@ -7,10 +7,12 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
@@ -31,9 +33,9 @@ use dialtone_proto::{
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
 };
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 use tungstenite::Utf8Bytes;
@@ -116,7 +118,8 @@ struct DeviceSession {
 #[derive(Debug, Default)]
 struct PushQueue {
     frames: Mutex<VecDeque<Utf8Bytes>>,
-    ready: Notify,
+    /// The session's task, woken by a push or a kill.
+    waker: AtomicWaker,
     killed: AtomicBool,
 }
 
@@ -136,7 +139,7 @@ impl PushQueue {
             }
             q.push_back(frame);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         true
     }
 
@@ -154,7 +157,7 @@ impl PushQueue {
     /// Ends the session: it closes at its next turn.
     fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        self.ready.notify_one();
+        self.waker.wake();
     }
 
     fn is_killed(&self) -> bool {
@@ -516,15 +519,12 @@ pub(crate) async fn upgrade(
     })?;
     let start = Box::new(Start { account, cert });
     let (response, on_upgrade) = ws.accept();
-    // The session runs in a task of its own that holds only a pointer to its state (see
-    // `run_session`): nothing of the request or the upgrade stays behind.
-    let tasks = st.sessions.tasks.clone();
-    tasks.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let conn = WsConn::new(TokioIo::new(upgraded), &[], MAX_WS_FRAME_LEN);
-        Box::pin(run_session(open_session(st, conn, start))).await;
+    // The session is a task of its own, whose future is the session's state itself (see
+    // `Session`): nothing of the request or the upgrade stays behind.
+    st.sessions.tasks.spawn(Session::Upgrading {
+        on_upgrade,
+        st: st.clone(),
+        start,
     });
     Ok(response)
 }
@@ -544,20 +544,130 @@ struct Ctx {
     limiter: TokenBucket,
 }
 
-/// What a live session holds, in one allocation: the session future then carries a pointer
-/// instead of its arguments (an async fn keeps its arguments twice) and the account.
+/// What a live session holds. Kept small: every online device has one.
 struct Live {
     st: Arc<AppState>,
     conn: Conn,
     ctx: Ctx,
     queue: Arc<PushQueue>,
-    /// The Welcome frame, encoded; taken when it is sent.
-    welcome: Option<Utf8Bytes>,
+    /// The next heartbeat ping.
+    ping: Pin<Box<tokio::time::Sleep>>,
+    /// When the device was last heard from.
+    last_heard: Instant,
 }
 
-/// Registers a new session (replacing an older one of the same device) and prepares it.
-fn open_session(st: Arc<AppState>, conn: Conn, start: Box<Start>) -> Box<Live> {
-    let Start { account, cert } = *start;
+/// One device's session, from the upgrade to the close, as the future its task runs.
+///
+/// Every online device has one of these, so it is written by hand rather than as an async
+/// fn: while it waits (almost always) the task holds only [`Live`], and polls the WebSocket,
+/// the push queue and the heartbeat timer itself. Each thing it does (answer a request, write
+/// pushes, ping, close) is one boxed [`step`] that owns the state until it hands it back; the
+/// step's space is needed only while it runs. One task reads and writes the WebSocket: there
+/// is no split, and no buffer is kept while the session waits (see [`crate::ws`]).
+// `Idle` is the large variant on purpose: it is where a session spends its life, and boxing it
+// would cost every session one more allocation.
+#[allow(clippy::large_enum_variant)]
+enum Session {
+    /// The 101 answer is on its way; the connection is handed over after it.
+    Upgrading {
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        st: Arc<AppState>,
+        start: Box<Start>,
+    },
+    /// Waiting for the device, a push or the timer.
+    Idle(Live),
+    /// Running a step.
+    Busy(Pin<Box<dyn Future<Output = Option<Live>> + Send>>),
+    /// Closed.
+    Done,
+}
+
+/// What woke an idle session.
+enum Event {
+    /// The device sent this (or the connection failed).
+    Message(Result<Incoming, WsError>),
+    /// Pushes are waiting.
+    Pushes,
+    /// Time for a heartbeat ping.
+    Ping,
+    /// The session must end: replaced, stuck, timed out or shut down.
+    End,
+}
+
+impl Future for Session {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Session::Upgrading { on_upgrade, .. } => {
+                    let upgraded = ready!(Pin::new(on_upgrade).poll(cx));
+                    let Session::Upgrading { st, start, .. } =
+                        std::mem::replace(this, Session::Done)
+                    else {
+                        unreachable!()
+                    };
+                    let Ok(upgraded) = upgraded else {
+                        return Poll::Ready(());
+                    };
+                    let conn = WsConn::new(TokioIo::new(upgraded), &[], MAX_WS_FRAME_LEN);
+                    let (live, welcome) = open_session(st, conn, *start);
+                    *this = Session::Busy(Box::pin(welcome_step(live, welcome)));
+                }
+                Session::Idle(live) => {
+                    let ev = ready!(live.poll_idle(cx));
+                    let Session::Idle(live) = std::mem::replace(this, Session::Done) else {
+                        unreachable!()
+                    };
+                    *this = Session::Busy(Box::pin(step(live, ev)));
+                }
+                Session::Busy(f) => match ready!(f.as_mut().poll(cx)) {
+                    Some(live) => *this = Session::Idle(live),
+                    None => *this = Session::Done,
+                },
+                Session::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Waits for the next thing to do. In the order the session minds them: an order to end,
+    /// the device, pushes, the heartbeat.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        // Checked on every turn, so a steady stream of pushes cannot starve the check.
+        if self.last_heard.elapsed() > self.st.config.session.timeout {
+            debug!(session = self.ctx.session, "session timed out");
+            return Poll::Ready(Event::End);
+        }
+        if self.queue.is_killed() {
+            return Poll::Ready(Event::End);
+        }
+        if let Poll::Ready(msg) = self.conn.poll_next(cx) {
+            self.last_heard = Instant::now();
+            return Poll::Ready(Event::Message(msg));
+        }
+        self.queue.waker.register(cx.waker());
+        if self.queue.is_killed() {
+            return Poll::Ready(Event::End);
+        }
+        if !self.queue.frames().is_empty() {
+            return Poll::Ready(Event::Pushes);
+        }
+        if self.ping.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + self.st.config.session.heartbeat;
+            self.ping.as_mut().reset(next);
+            return Poll::Ready(Event::Ping);
+        }
+        Poll::Pending
+    }
+}
+
+/// Registers a new session (replacing an older one of the same device) and prepares it,
+/// with its Welcome frame.
+fn open_session(st: Arc<AppState>, conn: Conn, start: Start) -> (Live, Option<Utf8Bytes>) {
+    let Start { account, cert } = start;
     let queue = Arc::new(PushQueue::default());
     let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
     let device = cert.device_id;
@@ -603,120 +713,124 @@ fn open_session(st: Arc<AppState>, conn: Conn, start: Box<Start>) -> Box<Live> {
         session: id,
         limiter: TokenBucket::new(st.config.limits.session_requests.rule()),
     };
-    Box::new(Live {
+    // The first ping at once, then one per heartbeat.
+    let ping = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let live = Live {
         st,
         conn,
         ctx,
         queue,
-        welcome,
-    })
+        ping,
+        last_heard: Instant::now(),
+    };
+    (live, welcome)
 }
 
-/// One device's session, from the upgrade to the close. Every session of the directory is one
-/// of these futures, so it is kept small: its state lives in [`Live`], large values are never
-/// held across an await (frames are encoded before they are sent), and the rare large steps
-/// are boxed. One task reads and writes the WebSocket: there is no split, and no buffer is
-/// kept while the session waits (see [`crate::ws`]).
-async fn run_session(mut live: Box<Live>) {
-    let s = &mut *live;
-    // A peer that stops reading must not hold the session (and its presence) open through a
-    // blocked write: a send that takes longer than the session timeout ends the session.
-    let limit_send = s.st.config.session.timeout;
-    let mut ok = match s.welcome.take() {
-        Some(w) => send(&mut s.conn, limit_send, Out::Text(w.as_str())).await,
+/// The session's first step: the Welcome frame.
+async fn welcome_step(mut live: Live, welcome: Option<Utf8Bytes>) -> Option<Live> {
+    let ok = match welcome {
+        Some(w) => send(&mut live, Out::Text(w.as_str())).await,
         None => true,
     };
-    let mut ping = tokio::time::interval(s.st.config.session.heartbeat);
-    let mut last_heard = Instant::now();
-    // The close code to end with, if the client broke the protocol.
-    let mut close_code = None;
-    while ok {
-        // Checked on every turn, so a steady stream of pushes cannot starve the check.
-        if last_heard.elapsed() > s.st.config.session.timeout {
-            debug!(session = s.ctx.session, "session timed out");
-            break;
-        }
-        if s.queue.is_killed() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            msg = std::future::poll_fn(|cx| s.conn.poll_next(cx)) => {
-                last_heard = Instant::now();
-                match msg {
-                    Ok(Incoming::Text(t)) => {
-                        // Boxed: the request handling is the bulk of this future, and an
-                        // idle session should not carry its space.
-                        let text = encode(&Box::pin(handle_text(&s.st, &mut s.ctx, &t)).await);
-                        drop(t);
-                        if let Some(text) = text {
-                            ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
-                        }
-                    }
-                    Ok(Incoming::Binary) => {
-                        let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
-                        if let Some(text) = encode(&ServerFrame::Error { id: 0, error: e }) {
-                            ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
-                        }
-                    }
-                    Ok(Incoming::Ping(p)) => {
-                        ok = send(&mut s.conn, limit_send, Out::Pong(&p)).await;
-                    }
-                    Ok(Incoming::Pong) => {}
-                    Ok(Incoming::Close(code)) => {
-                        // Answer with the code it closed with (RFC 6455 §5.5.1).
-                        close_code = code.filter(|c| (1000..5000).contains(c) && *c != 1005);
-                        break;
-                    }
-                    Err(WsError::Protocol(code, why)) => {
-                        debug!(session = s.ctx.session, "bad WebSocket frame: {why}");
-                        close_code = Some(code);
-                        break;
-                    }
-                    Err(WsError::Io(e)) => {
-                        debug!(session = s.ctx.session, "connection ended: {e}");
-                        break;
-                    }
-                }
-            }
-            () = s.queue.ready.notified() => {
-                // A bounded batch per turn, so requests and the timeout check are not starved
-                // by a steady stream of pushes; a wake-up is left for the rest.
-                for _ in 0..32 {
-                    let Some(text) = s.queue.take() else { break };
-                    ok = send(&mut s.conn, limit_send, Out::Text(text.as_str())).await;
-                    if !ok {
-                        break;
-                    }
-                }
-                if !s.queue.frames().is_empty() {
-                    s.queue.ready.notify_one();
-                }
-            }
-            _ = ping.tick() => {
-                ok = send(&mut s.conn, limit_send, Out::Ping).await;
-            }
-        }
+    if ok {
+        Some(live)
+    } else {
+        close(live, None).await
     }
-    let _ = send(&mut s.conn, Duration::from_secs(1), Out::Close(close_code)).await;
-    let id = s.ctx.session;
+}
+
+/// What the session does about `ev`; `None` once it is closed.
+async fn step(mut live: Live, ev: Event) -> Option<Live> {
+    let ok = match ev {
+        Event::Message(Ok(Incoming::Text(t))) => {
+            // Boxed: the request handling is the bulk of a step, and most steps do not need
+            // its space.
+            let reply = Box::pin(handle_text(&live.st, &mut live.ctx, &t)).await;
+            drop(t);
+            match encode(&reply) {
+                Some(text) => send(&mut live, Out::Text(text.as_str())).await,
+                None => true,
+            }
+        }
+        Event::Message(Ok(Incoming::Binary)) => {
+            let e = ErrorBody::new(ErrorCode::BadJson, "send JSON text frames");
+            match encode(&ServerFrame::Error { id: 0, error: e }) {
+                Some(text) => send(&mut live, Out::Text(text.as_str())).await,
+                None => true,
+            }
+        }
+        Event::Message(Ok(Incoming::Ping(p))) => send(&mut live, Out::Pong(&p)).await,
+        Event::Message(Ok(Incoming::Pong)) => true,
+        Event::Message(Ok(Incoming::Close(code))) => {
+            // Answer with the code it closed with (RFC 6455 §5.5.1).
+            let code = code.filter(|c| (1000..5000).contains(c) && *c != 1005);
+            return close(live, code).await;
+        }
+        Event::Message(Err(WsError::Protocol(code, why))) => {
+            debug!(session = live.ctx.session, "bad WebSocket frame: {why}");
+            return close(live, Some(code)).await;
+        }
+        Event::Message(Err(WsError::Io(e))) => {
+            debug!(session = live.ctx.session, "connection ended: {e}");
+            false
+        }
+        Event::Pushes => {
+            // A bounded batch per step, so requests and the timeout check are not starved
+            // by a steady stream of pushes; the rest waits for the next turn.
+            let mut ok = true;
+            for _ in 0..32 {
+                let Some(text) = live.queue.take() else { break };
+                ok = send(&mut live, Out::Text(text.as_str())).await;
+                if !ok {
+                    break;
+                }
+            }
+            ok
+        }
+        Event::Ping => send(&mut live, Out::Ping).await,
+        Event::End => false,
+    };
+    if ok {
+        Some(live)
+    } else {
+        close(live, None).await
+    }
+}
+
+/// Ends the session: it leaves the registry, the client gets a close frame (with `code`, if
+/// it broke the protocol), the contacts are told, and the socket closes once the client has
+/// closed its side too (a second at most). Always `None`.
+async fn close(live: Live, code: Option<u16>) -> Option<Live> {
+    let Live {
+        st, ctx, mut conn, ..
+    } = live;
+    let id = ctx.session;
+    // Out of the registry first: once the client sees the close frame, the session is gone.
     let removed = {
-        let mut map = s.st.sessions.lock();
+        let mut map = st.sessions.lock();
         let mut removed = false;
-        if let Some(list) = map.get_mut(&s.ctx.account.identifier) {
+        if let Some(list) = map.get_mut(&ctx.account.identifier) {
             let before = list.len();
             list.retain(|d| d.id != id);
             removed = list.len() != before;
             if list.is_empty() {
-                map.remove(&s.ctx.account.identifier);
+                map.remove(&ctx.account.identifier);
             }
         }
         removed
     };
     debug!(session = id, "session closed");
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send_close(code)).await;
     if removed {
-        Box::pin(s.st.sessions.fan_out(&s.st, &s.ctx.account)).await;
+        Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
     }
+    // Then wait (briefly) for the other end to close, so that the close frame is not lost to
+    // a reset; not when the directory stops. Boxed: rare, and its read buffer should not weigh
+    // on every step.
+    if !st.sessions.shutdown.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(conn.finish())).await;
+    }
+    None
 }
 
 /// A frame the session sends.
@@ -724,27 +838,22 @@ enum Out<'a> {
     Text(&'a str),
     Ping,
     Pong(&'a [u8]),
-    Close(Option<u16>),
 }
 
-/// Sends one frame within `limit`; false if it failed or took too long. Boxed: a send (with
-/// its timer) is the largest thing a session waits on, and only while it sends.
-fn send<'a>(
-    conn: &'a mut Conn,
-    limit: Duration,
-    out: Out<'a>,
-) -> std::pin::Pin<Box<impl Future<Output = bool> + Send + 'a>> {
-    Box::pin(async move {
-        let sent = async {
-            match out {
-                Out::Text(t) => conn.send_text(t).await,
-                Out::Ping => conn.send_ping().await,
-                Out::Pong(p) => conn.send_pong(p).await,
-                Out::Close(code) => conn.send_close(code).await,
-            }
-        };
-        matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(())))
-    })
+/// Sends one frame; false if the session must end. A peer that stops reading must not hold
+/// the session (and its presence) open through a blocked write: a send that takes longer
+/// than the session timeout ends the session.
+async fn send(live: &mut Live, out: Out<'_>) -> bool {
+    let limit = live.st.config.session.timeout;
+    let conn = &mut live.conn;
+    let sent = async {
+        match out {
+            Out::Text(t) => conn.send_text(t).await,
+            Out::Ping => conn.send_ping().await,
+            Out::Pong(p) => conn.send_pong(p).await,
+        }
+    };
+    matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(())))
 }
 
 async fn handle_text(st: &AppState, ctx: &mut Ctx, text: &str) -> ServerFrame {

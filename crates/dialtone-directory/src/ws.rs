@@ -26,11 +26,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Buf;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Bytes read from the socket at once, into the stack (a frame of the directory protocol is
 /// a few hundred bytes; a larger one takes several reads).
 const READ_CHUNK: usize = 4096;
+
+/// What is read and dropped at most after a close frame, waiting for the other end to close.
+const DRAIN_LIMIT: usize = 256 * 1024;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -224,11 +227,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         }
     }
 
+    /// Ends the connection after [`WsConn::send_close`]: the write side is shut and whatever
+    /// the other end still sends is read and dropped (at most [`DRAIN_LIMIT`] bytes) until it
+    /// closes too. Closing with unread bytes would make the kernel answer with a reset, and
+    /// the close frame could be lost with it.
+    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+        self.buf = Vec::new();
+        self.frag = None;
+        self.io.shutdown().await?;
+        let mut chunk = [0u8; 1024];
+        let mut left = DRAIN_LIMIT;
+        while left > 0 {
+            let n = self.io.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok(())
+    }
+
     /// One unfragmented, unmasked frame: header and payload in one write, no buffer kept.
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mut head = [0u8; 10];
         let n = write_header(&mut head, opcode, payload.len());
-        let mut frame = (&head[..n]).chain(payload);
+        let mut frame = Buf::chain(&head[..n], payload);
         self.io.write_all_buf(&mut frame).await?;
         self.io.flush().await
     }
@@ -562,9 +585,7 @@ mod tests {
         ws.send_close(Some(1000)).await.unwrap();
         drop(ws);
         let mut out = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
-            .await
-            .unwrap();
+        client.read_to_end(&mut out).await.unwrap();
         let mut want = vec![0x81, 2, b'h', b'i', 0x81, 126, 0, 200];
         want.extend_from_slice(&[b'z'; 200]);
         want.extend_from_slice(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
