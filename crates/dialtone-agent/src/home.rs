@@ -132,6 +132,33 @@ pub struct Pin {
     /// nor accepts them. Cleared when they are accepted again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub not_a_contact: bool,
+    /// The highest device-list version the log has proven for this key (0: none yet, or a
+    /// bare key). The key holder signs every list with a higher version, so a lower one
+    /// shown later is an old list replayed by the directory (it would re-admit revoked
+    /// devices) and is refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub list_version: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Pin {
+    /// A new pin for `identity_key`, pinned now; nothing known yet of its device list.
+    pub fn new(identity_key: IdentityKey, pinned_at: u64, verified: bool, proven: bool) -> Self {
+        Self {
+            identity_key,
+            pinned_at,
+            verified,
+            proven,
+            registration_lock: false,
+            devices: Vec::new(),
+            not_a_contact: false,
+            list_version: 0,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -421,13 +448,11 @@ impl Home {
                 (
                     p.identifier.clone(),
                     Pin {
-                        identity_key: p.identity_key,
-                        pinned_at: now,
-                        verified: p.verified,
-                        proven: false,
-                        registration_lock: false,
-                        devices: Vec::new(),
-                        not_a_contact: false,
+                        registration_lock: p.registration_lock,
+                        devices: p.devices.clone(),
+                        list_version: p.list_version,
+                        not_a_contact: p.not_a_contact,
+                        ..Pin::new(p.identity_key, now, p.verified, p.proven)
                     },
                 )
             })

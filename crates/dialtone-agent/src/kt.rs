@@ -136,6 +136,20 @@ pub enum KtFailure {
         /// Which device (short id).
         device: String,
     },
+    /// The log proves an older device list for a key than one it proved before: the
+    /// directory republished a list the key holder has replaced (for instance to re-admit a
+    /// revoked device). `offered` 0 is a bare key shown after a list.
+    #[error(
+        "the directory's transparency log shows an older device list for {identifier} (version {offered}) than one it proved before (version {held}); it may be re-admitting a revoked device"
+    )]
+    ListRollback {
+        /// Whose.
+        identifier: Identifier,
+        /// The highest list version proven before.
+        held: u64,
+        /// The version shown now.
+        offered: u64,
+    },
     /// A peer holds a checkpoint that contradicts ours.
     #[error(
         "split view: {peer} was shown a different transparency log (epoch {epoch}) than you were; the directory is showing different people different keys"
@@ -160,6 +174,7 @@ impl KtFailure {
             Self::KeyMismatch { .. } => "forged-key",
             Self::SplitView { .. } => "split-view",
             Self::DeviceNotListed { .. } => "device-not-listed",
+            Self::ListRollback { .. } => "list-rollback",
         }
     }
 
@@ -436,6 +451,28 @@ pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Prove
     if devices.as_ref().is_some_and(|l| l.identifier != *id) {
         return Err(bad("the device list is for another identifier".into()));
     }
+    // Lists only move forward for a key: an older one (or a bare key after a list) is a
+    // replay. What was proven before is in this run's cache and in the pin.
+    let offered = list_version(devices.as_ref());
+    // (One lock at a time: the state lock is taken before `proven` elsewhere.)
+    let cached = lock(&inner.kt.proven)
+        .get(id)
+        .filter(|p| p.key == key)
+        .map_or(0, |p| list_version(p.devices.as_ref()));
+    let pinned = inner
+        .lock()
+        .pins
+        .get(id)
+        .filter(|p| p.identity_key == key)
+        .map_or(0, |p| p.list_version);
+    let held = cached.max(pinned);
+    if offered < held {
+        return Err(KtFailure::ListRollback {
+            identifier: id.clone(),
+            held,
+            offered,
+        });
+    }
     let proven = Proven {
         key,
         devices,
@@ -452,10 +489,13 @@ pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Prove
     let mut st = inner.lock();
     if let Some(pin) = st.pins.get_mut(id)
         && pin.identity_key == key
-        && (pin.registration_lock != locked || pin.devices != devices)
+        && (pin.registration_lock != locked
+            || pin.devices != devices
+            || pin.list_version != offered)
     {
         pin.registration_lock = locked;
         pin.devices = devices;
+        pin.list_version = offered;
         if let Err(e) = inner.home.save_pins(&st.pins) {
             warn!("cannot save pinned keys: {e}");
         }
@@ -469,13 +509,23 @@ pub(crate) async fn prove(inner: &Inner, id: &Identifier) -> Result<IdentityKey,
     prove_record(inner, id).await.map(|p| p.key)
 }
 
-/// Whether the key proven last for `id` (if it is `key`) has a registration lock.
-pub(crate) fn proven_lock(inner: &Inner, id: &Identifier, key: &IdentityKey) -> bool {
-    lock(&inner.kt.proven)
+/// The version of a proven device list (0: a bare key, no list).
+fn list_version(devices: Option<&DeviceList>) -> u64 {
+    devices.map_or(0, |l| l.version)
+}
+
+/// Fills a new pin for `id` with what the log proved in this run for the same key: its
+/// device list, the list's version and its registration lock.
+pub(crate) fn fill_pin(inner: &Inner, id: &Identifier, pin: &mut crate::home::Pin) {
+    if let Some(l) = lock(&inner.kt.proven)
         .get(id)
-        .filter(|p| p.key == *key)
+        .filter(|p| p.key == pin.identity_key)
         .and_then(|p| p.devices.as_ref())
-        .is_some_and(|l| l.registration_lock)
+    {
+        pin.registration_lock = l.registration_lock;
+        pin.devices = l.devices.iter().map(|d| d.device_id).collect();
+        pin.list_version = l.version;
+    }
 }
 
 /// Tells the person, once, that this device was revoked.
@@ -792,6 +842,22 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
     })
     .map_err(|e| alarm(inner, bad(e)))?;
     drop(guard);
+    // Our own lists only move forward: a newer entry with an older list is a replay.
+    let own: Vec<u64> = results
+        .iter()
+        .filter(|r| kt_value_key(&r.value.0) == Some(inner.identity_key))
+        .map(|r| list_version(kt_value_list(&r.value.0).as_ref()))
+        .collect();
+    if let Some(w) = own.windows(2).find(|w| w[0] < w[1]) {
+        alarm(
+            inner,
+            KtFailure::ListRollback {
+                identifier: me.clone(),
+                held: w[1],
+                offered: w[0],
+            },
+        );
+    }
     // Newest first. Versions before our own key's newest version are from before we
     // registered (the registration said it replaced them); every later one is foreign.
     let mine = results

@@ -692,15 +692,7 @@ impl Inner {
                     None => {
                         st.pins.insert(
                             c.identifier.clone(),
-                            Pin {
-                                identity_key: c.identity_key,
-                                pinned_at: now_secs(),
-                                verified: false,
-                                proven: false,
-                                registration_lock: false,
-                                devices: Vec::new(),
-                                not_a_contact: false,
-                            },
+                            Pin::new(c.identity_key, now_secs(), false, false),
                         );
                         if let Err(e) = self.home.save_pins(&st.pins) {
                             warn!("cannot save pinned keys: {e}");
@@ -1014,18 +1006,11 @@ impl AgentHandle {
         key: IdentityKey,
         verified: bool,
     ) -> Result<(), SendError> {
-        st.pins.insert(
-            who.clone(),
-            Pin {
-                identity_key: key,
-                pinned_at: now_secs(),
-                verified,
-                proven: true,
-                registration_lock: kt::proven_lock(&self.inner, who, &key),
-                devices: Vec::new(),
-                not_a_contact: false,
-            },
-        );
+        st.pins.insert(who.clone(), {
+            let mut pin = Pin::new(key, now_secs(), verified, true);
+            kt::fill_pin(&self.inner, who, &mut pin);
+            pin
+        });
         self.inner
             .home
             .save_pins(&st.pins)

@@ -357,6 +357,11 @@ impl AgentHandle {
                 identifier: id.clone(),
                 identity_key: p.identity_key,
                 verified: p.verified,
+                proven: p.proven,
+                registration_lock: p.registration_lock,
+                devices: p.devices.clone(),
+                list_version: p.list_version,
+                not_a_contact: p.not_a_contact,
             })
             .collect();
         let kt = inner

@@ -189,18 +189,11 @@ async fn verify_hello(
         }
         Some(_) => {}
         None => {
-            st.pins.insert(
-                id.clone(),
-                Pin {
-                    identity_key: cert.identity_key,
-                    pinned_at: now_secs(),
-                    verified: false,
-                    proven: true,
-                    registration_lock: crate::kt::proven_lock(inner, id, &cert.identity_key),
-                    devices: Vec::new(),
-                    not_a_contact: false,
-                },
-            );
+            st.pins.insert(id.clone(), {
+                let mut pin = Pin::new(cert.identity_key, now_secs(), false, true);
+                crate::kt::fill_pin(inner, id, &mut pin);
+                pin
+            });
             let _ = inner.home.save_pins(&st.pins);
         }
     }

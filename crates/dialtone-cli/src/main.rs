@@ -1183,7 +1183,8 @@ fn describe(ev: &Value) -> Option<String> {
                 "no-lock" =>
                     ", without a registration lock: whoever re-verified their email or phone could have done this",
                 "locked" =>
-                    "; their key had a registration lock, checking whether the PIN was given",
+                    "; their key had a registration lock: a lock-bypassed alarm follows if the new binding does not claim the PIN \
+                     (a directory working with the new key's holder could fake that claim, so check with them in person either way)",
                 _ => "",
             },
             s("identifier")

@@ -358,3 +358,65 @@ fn the_qr_code_carries_a_ticket_that_links() {
         listed(&phone).len() == 2
     });
 }
+
+/// A lying directory republishes alice's older device list, the one that still names her
+/// revoked laptop. Bob's agent proved the newer list before, so it refuses the laptop and
+/// raises the alarm; alice's own agent, watching her key history, raises it too.
+#[test]
+fn a_replayed_older_device_list_is_refused_and_flagged() {
+    let dir = Directory::start_lying("honest");
+    let alice = Person::registered(&dir, ALICE);
+    alice.up_with(&["--kt-monitor-interval", "1"]);
+    let bob = Person::online(&dir, BOB);
+    alice.befriend(&bob);
+
+    let laptop = Person::empty(ALICE);
+    let (code, shower, _) = show_code(&alice);
+    join(&laptop, &code, &dir, "laptop").ok();
+    let (status, err) = finish(shower, Duration::from_secs(60));
+    assert_eq!(status, 0, "device link on the first device failed: {err}");
+    laptop.up();
+    let mut wb = bob.watch();
+    wait_until(Duration::from_secs(20), "the laptop reaches bob", || {
+        laptop.run(&["send", BOB, "from the laptop"]).code == 0
+    });
+    wb.expect("the laptop's message", Duration::from_secs(5), |e| {
+        e["event"] == "message" && e["body"] == "from the laptop"
+    });
+
+    // Revoke it; bob's device proves the new list when the laptop tries again.
+    alice.run(&["device", "revoke", "laptop"]).ok();
+    wait_until(
+        Duration::from_secs(20),
+        "bob refuses the revoked laptop",
+        || laptop.run(&["send", BOB, "revoked?"]).code == 19,
+    );
+
+    // The directory now publishes the older list again.
+    let mut wa = alice.watch();
+    dir.set_lie(serde_json::json!({"mode": "replay-list", "target": ALICE}));
+    let w = wa.expect(
+        "alice warned of her replayed list",
+        Duration::from_secs(20),
+        |e| e["event"] == "transparency" && e["kind"] == "list-rollback",
+    );
+    assert!(
+        w["message"].as_str().unwrap().contains("older device list"),
+        "{w}"
+    );
+    // The laptop is still refused by bob, who is told why.
+    laptop
+        .run(&["send", BOB, "let me back in"])
+        .fails_with(18, "WARNING");
+    let w = wb.expect(
+        "bob warned of the replayed list",
+        Duration::from_secs(10),
+        |e| e["event"] == "transparency" && e["kind"] == "list-rollback",
+    );
+    assert!(w["message"].as_str().unwrap().contains(ALICE), "{w}");
+    wb.expect_none(
+        "a message from the revoked laptop",
+        Duration::from_secs(1),
+        |e| e["event"] == "message" && e["body"] == "let me back in",
+    );
+}

@@ -13,6 +13,8 @@
 //!   from the directory's first start, so that the two logs have the same epochs);
 //! - `replace-key:TARGET` — binds a fresh key to TARGET without any verification and publishes
 //!   it in the log, without ending TARGET's sessions or telling anyone;
+//! - `replay-list:TARGET` — publishes TARGET's previous log value again (an older device
+//!   list the key holder signed, for instance one that still names a revoked device);
 //! - `honest` — stops lying (a replaced key stays replaced).
 
 use std::sync::Mutex;
@@ -58,6 +60,11 @@ pub enum Lie {
         /// Whose key.
         target: Identifier,
     },
+    /// Publish `target`'s previous value again (applied once).
+    ReplayList {
+        /// Whose list.
+        target: Identifier,
+    },
 }
 
 impl std::str::FromStr for Lie {
@@ -76,12 +83,13 @@ impl std::str::FromStr for Lie {
             "rollback" => Ok(Self::Rollback),
             "forged-key" => Ok(Self::ForgedKey { target: id(1)? }),
             "replace-key" => Ok(Self::ReplaceKey { target: id(1)? }),
+            "replay-list" => Ok(Self::ReplayList { target: id(1)? }),
             "split-view" => Ok(Self::SplitView {
                 victim: id(1)?,
                 target: id(2)?,
             }),
             other => Err(format!(
-                "unknown lie {other}: forged-key:ID, rollback, split-view:VICTIM:TARGET, replace-key:ID, honest"
+                "unknown lie {other}: forged-key:ID, rollback, split-view:VICTIM:TARGET, replace-key:ID, replay-list:ID, honest"
             )),
         }
     }
@@ -179,6 +187,32 @@ pub(crate) async fn apply(t: &Transparency, lie: Lie) -> Result<(), KtError> {
                 c.execute(
                     "INSERT OR REPLACE INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)",
                     rusqlite::params![id.as_str(), kt_value(&key), now as i64],
+                )?;
+                Ok(())
+            })
+            .await?;
+        t.notify();
+    }
+    if let Lie::ReplayList { target } = &lie {
+        let (proof, _) = t
+            .akd()
+            .key_history(&AkdLabel::from(target.as_str()), HistoryParams::Complete)
+            .await?;
+        // Newest first: the first value that differs from the current one.
+        let mut values = proof.update_proofs.iter().map(|u| u.value.0.clone());
+        let current = values.next();
+        let Some(old) = values.find(|v| Some(v) != current.as_ref()) else {
+            return Err(KtError::Akd(format!(
+                "{target} has no older value to replay"
+            )));
+        };
+        let id = target.clone();
+        let now = crate::http::now_secs();
+        t.store()
+            .run(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![id.as_str(), old, now as i64],
                 )?;
                 Ok(())
             })

@@ -411,6 +411,22 @@ pub struct LinkedPin {
     pub identity_key: IdentityKey,
     /// Whether it was verified in person (safety number).
     pub verified: bool,
+    /// Whether the existing device's transparency log proved this key.
+    #[serde(default)]
+    pub proven: bool,
+    /// Whether the key's proven device list has a registration lock.
+    #[serde(default)]
+    pub registration_lock: bool,
+    /// The contact's devices on the list last proven (empty: none known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceId>,
+    /// The highest device-list version proven for this key (0: none), so that the new
+    /// device also refuses an older list replayed by the directory.
+    #[serde(default)]
+    pub list_version: u64,
+    /// The directory last said this person is not an accepted contact.
+    #[serde(default)]
+    pub not_a_contact: bool,
 }
 
 /// What the existing device hands the new one at the end of a link.
