@@ -153,7 +153,12 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut addr_changes = inner.addr_changes();
 
-    // Announce ourselves and sync contacts before anything else.
+    // Announce ourselves and sync contacts before anything else. The session counts as up
+    // (`connected`) once the directory answered both: our presence is then published, so a
+    // contact's request for us finds us online.
+    let ready_id = 2;
+    let mut welcomed = false;
+    let mut answered = false;
     for req in [inner.publish_request(), Request::Contacts] {
         pending.insert(next_id, None);
         if send(&mut sink, next_id, req).await.is_err() {
@@ -192,6 +197,8 @@ async fn serve(
                         continue;
                     }
                 };
+                let ready = !answered
+                    && matches!(&frame, ServerFrame::Reply { id, .. } | ServerFrame::Error { id, .. } if *id == ready_id);
                 match frame {
                     ServerFrame::Welcome { identifier, identity_key, device_id, heartbeat_secs } => {
                         // A session opened for anyone but us (a directory that moved our
@@ -208,8 +215,11 @@ async fn serve(
                             break;
                         }
                         silence_limit = Duration::from_secs(heartbeat_secs.clamp(1, 60) * 3 + 1);
-                        inner.set_connected(true);
-                        info!("directory session up");
+                        welcomed = true;
+                        if answered {
+                            inner.set_connected(true);
+                            info!("directory session up");
+                        }
                     }
                     ServerFrame::Reply { id, reply } => {
                         match pending.remove(&id) {
@@ -225,6 +235,13 @@ async fn serve(
                         }
                     }
                     push => inner.handle_push(push),
+                }
+                if ready {
+                    answered = true;
+                    if welcomed {
+                        inner.set_connected(true);
+                        info!("directory session up");
+                    }
                 }
             }
             Some((req, reply)) = rx.recv() => {

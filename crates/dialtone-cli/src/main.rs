@@ -842,6 +842,14 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
                 child.id(),
                 log_path.display()
             );
+            // Return once online (presence published, contacts synced), so that the next
+            // command finds us reachable; a directory out of reach is not an error (and in
+            // LAN mode, not waited for).
+            if !args.lan && !wait_online(home, Duration::from_secs(10)).await {
+                println!(
+                    "not connected to the directory yet: the agent keeps trying (`dialtone status` shows it)"
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -851,6 +859,22 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
         log_path.display()
     )
     .into())
+}
+
+/// Waits up to `limit` until the agent's directory session is up.
+async fn wait_online(home: &Home, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(st) = call(home, "agent.status", json!({})).await
+            && st["directory_connected"].as_bool() == Some(true)
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn client(home: &Home) -> Result<Client> {

@@ -332,10 +332,41 @@ impl Default for Limits {
     }
 }
 
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// Values that parse but do not make sense together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl Config {
-    /// Parses a TOML configuration.
-    pub fn from_toml(s: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(s)
+    /// Parses a TOML configuration and checks that its values make sense together.
+    pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
+        let c: Self = toml::from_str(s)?;
+        c.session.check().map_err(ConfigError::Invalid)?;
+        Ok(c)
+    }
+}
+
+impl SessionConfig {
+    /// The heartbeat must be positive and shorter than the timeout (a session is closed when
+    /// no pong came within `timeout`, so pings must come more often than that).
+    fn check(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() {
+            return Err("[session] heartbeat must be more than 0 s (default 30 s)".into());
+        }
+        if self.heartbeat >= self.timeout {
+            return Err(format!(
+                "[session] heartbeat ({:?}) must be shorter than timeout ({:?}), or live sessions would time out",
+                self.heartbeat, self.timeout
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -354,6 +385,15 @@ mod tests {
         assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::Starttls));
         assert!(c.sms.unwrap().body.unwrap().contains("{code}"));
         assert_eq!(c.transparency.epoch_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn heartbeat_must_be_positive_and_below_the_timeout() {
+        let e = Config::from_toml("[session]\nheartbeat = \"0s\"").unwrap_err();
+        assert!(e.to_string().contains("more than 0 s"), "{e}");
+        let e = Config::from_toml("[session]\nheartbeat = \"80s\"").unwrap_err();
+        assert!(e.to_string().contains("shorter than timeout"), "{e}");
+        assert!(Config::from_toml("[session]\nheartbeat = \"5s\"\ntimeout = \"20s\"").is_ok());
     }
 
     #[test]
