@@ -641,6 +641,7 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     let mut entries = Vec::new();
     let mut previous_version = None;
     let mut other_key_locked = false;
+    let mut own_locked = false;
     if let Some(rec) = &current {
         if rec.identity_key == ik {
             // Only a list our own key signed is carried over: the directory's answer is not
@@ -650,6 +651,8 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
             }) {
                 entries = l.devices.clone();
                 previous_version = Some(l.version);
+                // Re-verifying our own key keeps its lock (`dialtone lock clear` removes it).
+                own_locked = l.registration_lock;
             }
         } else {
             other_key_locked = rec
@@ -673,7 +676,7 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
                 identifier: identifier.clone(),
                 version: DeviceList::next_version(previous_version, now_ms()),
                 devices: entries.clone(),
-                registration_lock: pin.is_some(),
+                registration_lock: pin.is_some() || own_locked,
                 unlocked_with_pin: unlocked,
             },
         )
@@ -716,6 +719,8 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     );
     if pin.is_some() {
         println!("registration lock: on (keep the PIN safe; `dialtone lock clear` turns it off)");
+    } else if own_locked {
+        println!("registration lock: still on, with its PIN (`dialtone lock clear` turns it off)");
     }
     if done.replaced_key {
         println!(

@@ -300,7 +300,14 @@ fn the_registration_lock_stops_a_takeover_and_the_pin_opens_it() {
 
 #[test]
 fn lock_set_and_clear_are_published() {
-    let dir = Directory::start();
+    // Four registrations of one identifier: more than the default limit allows at once.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[limits.register_per_identifier]\nburst = 10\nevery = \"1s\"\n",
+    )
+    .unwrap();
+    let dir = Directory::start_with(&["--config", config.path().to_str().unwrap()]);
     let alice = Person::online(&dir, ALICE);
     let lock_of = || {
         alice.run(&["device", "list", "--json"]).ok().json()["list"]["registration_lock"].clone()
@@ -315,6 +322,23 @@ fn lock_set_and_clear_are_published() {
     wait_until(Duration::from_secs(10), "the lock in the log", || {
         lock_of() == Value::Bool(true)
     });
+    // Re-verifying the same key without the PIN keeps the lock (and its PIN).
+    alice
+        .run(&["register", ALICE, "--directory", &dir.url])
+        .ok();
+    let r = alice.run(&["verify", &dir.code_for(ALICE)]);
+    r.ok();
+    assert!(r.stdout.contains("still on"), "{}", r.stdout);
+    wait_until(Duration::from_secs(10), "the lock kept in the log", || {
+        lock_of() == Value::Bool(true)
+    });
+    let thief = Person::new(ALICE);
+    thief
+        .run(&["register", ALICE, "--directory", &dir.url])
+        .ok();
+    thief
+        .run(&["verify", &dir.code_for(ALICE)])
+        .fails_with(4, "has a registration lock");
     alice.run(&["lock", "clear"]).ok();
     wait_until(Duration::from_secs(10), "the lock off in the log", || {
         lock_of() == Value::Bool(false)

@@ -529,6 +529,15 @@ async fn register_confirm(
                     ));
                 }
             }
+            if matches!(lock, LockChange::Keep)
+                && !pin_given
+                && !(q::account(c, &id)?.is_some_and(|a| a.identity_key == key)
+                    && q::lock(c, &id)?.and_then(|l| l.hash).is_some())
+            {
+                return Err(StoreError::Invalid(
+                    "the device list turns on a registration lock but gives no PIN".into(),
+                ));
+            }
             q::bind(c, &id, &key, &cert, list.as_ref(), lock, now)
         })
         .await
@@ -661,9 +670,9 @@ fn check_registration_list(
             check_pin(pin).map_err(bad)?;
             Ok(LockChange::Set(pin.clone()))
         }
-        (true, None) => Err(bad(
-            "the device list turns on a registration lock but gives no PIN".into(),
-        )),
+        // Only a re-registration of the same key keeps its lock without the PIN (checked
+        // with the store, below).
+        (true, None) => Ok(LockChange::Keep),
     }
 }
 
