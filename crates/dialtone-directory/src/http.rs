@@ -18,8 +18,8 @@ use dialtone_proto::{
     Identifier,
     directory::{
         Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, LinkOfferInfo,
-        MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart,
-        RegisterStarted, Registered, check_pin, is_link_offer,
+        LinkOfferRequest, MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm,
+        RegisterStart, RegisterStarted, Registered, check_pin, is_link_offer,
     },
     keys::{register_confirm_transcript, register_start_transcript},
     rules::{CODE_DIGITS, clean_code, codes_equal},
@@ -172,7 +172,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/session/challenge", post(challenge))
         .route("/v1/session", get(crate::sessions::upgrade))
         .route("/v1/lookup/{identifier}", get(lookup))
-        .route("/v1/link/{offer}", get(link_offer))
+        .route("/v1/link", post(link_offer))
         .route("/v1/kt/keys", get(kt_keys))
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
@@ -752,20 +752,21 @@ async fn lookup(
     }))
 }
 
-/// `GET /v1/link/{offer}`: the device that shows a device-link code, once.
+/// `POST /v1/link`: the device that shows a device-link code, once, to whoever shows the
+/// code's rendezvous token.
 async fn link_offer(
     State(st): State<Arc<AppState>>,
     Extension(addr): Extension<ClientAddr>,
-    Path(offer): Path<String>,
+    Body(req): Body<LinkOfferRequest>,
 ) -> Result<Json<LinkOfferInfo>, ApiError> {
-    // Guessing offers is guessing 20 bits: the confirmation limit (a few per minute per
+    // A wrong guess costs its sender only: the confirmation limit (a few per minute per
     // address) applies, not the lookup one.
     check(
         &st.limits.confirm_ip,
         ip_of(&addr),
         "device-link attempts from your address",
     )?;
-    let offer = offer.to_ascii_uppercase();
+    let offer = req.offer.to_ascii_uppercase();
     if !is_link_offer(&offer) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -773,13 +774,17 @@ async fn link_offer(
             "not a device-link code: the code has 16 letters and digits, like ABCD-EFGH-JKMN-PQRS",
         ));
     }
-    st.sessions.take_link_offer(&offer).map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no device shows this code (it expired, was used, or its device went offline): run `dialtone device link` on your other device for a new code",
-        )
-    })
+    // An unknown offer and a wrong token get the same answer, and the offer stays.
+    st.sessions
+        .take_link_offer(&offer, &req.token)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no device shows this code (check that it is typed right; it may also have expired, been used, or its device gone offline): run `dialtone device link` on your other device for a new code",
+            )
+        })
 }
 
 async fn kt_keys(State(st): State<Arc<AppState>>) -> Json<KtKeys> {

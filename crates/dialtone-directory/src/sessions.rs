@@ -27,8 +27,9 @@ use dialtone_proto::{
     devices::DeviceList,
     directory::{
         ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode,
-        LinkOfferInfo, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState,
-        PresenceView, Relation, Reply, Request, ServerFrame, check_pin, is_link_offer,
+        LinkOfferInfo, LinkToken, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN,
+        PresenceState, PresenceView, Relation, Reply, Request, ServerFrame, check_pin,
+        is_link_offer,
     },
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
@@ -170,12 +171,23 @@ fn encode(frame: &ServerFrame) -> Option<Utf8Bytes> {
     serde_json::to_string(frame).ok().map(Utf8Bytes::from)
 }
 
+/// A device-link rendezvous the directory holds.
+#[derive(Debug)]
+struct LinkEntry {
+    info: LinkOfferInfo,
+    /// Who may take it ([`LinkToken::matches`]).
+    token: LinkToken,
+    /// The offering session: the offer ends with it.
+    session: u64,
+    expires: Instant,
+}
+
 /// The presence registry and the outstanding session challenges.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
-    /// Device-link rendezvous: offer id → the offering device, its session and the expiry.
-    links: Mutex<HashMap<String, (LinkOfferInfo, u64, Instant)>>,
+    /// Device-link rendezvous by offer id.
+    links: Mutex<HashMap<String, LinkEntry>>,
     /// Signs session challenges: a challenge carries its expiry and a MAC over the device and
     /// the expiry, so issuing one keeps no state (a flood of requests costs no memory).
     challenge_key: ChallengeKey,
@@ -195,34 +207,55 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes a device-link offer (each is answered once), if its session is still open.
-    pub(crate) fn take_link_offer(&self, offer: &str) -> Option<LinkOfferInfo> {
-        let (info, session, expires) = self
-            .links
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(offer)?;
+    /// Takes a device-link offer for someone who shows its token (each is given out once),
+    /// if its session is still open. An unknown offer and a wrong token are alike `None`, and
+    /// a wrong token leaves the offer in place: guessing offer ids uses up nobody's.
+    pub(crate) fn take_link_offer(&self, offer: &str, token: &LinkToken) -> Option<LinkOfferInfo> {
+        let entry = {
+            let mut links = self
+                .links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !links.get(offer)?.token.matches(token) {
+                return None;
+            }
+            links.remove(offer)?
+        };
         let live = self
             .lock()
-            .get(&info.identifier)
-            .is_some_and(|l| l.iter().any(|d| d.id == session));
-        (live && Instant::now() < expires).then_some(info)
+            .get(&entry.info.identifier)
+            .is_some_and(|l| l.iter().any(|d| d.id == entry.session));
+        (live && Instant::now() < entry.expires).then_some(entry.info)
     }
 
-    fn offer_link(&self, offer: String, info: LinkOfferInfo, session: u64) -> Result<(), ApiError> {
+    fn offer_link(
+        &self,
+        offer: String,
+        token: LinkToken,
+        info: LinkOfferInfo,
+        session: u64,
+    ) -> Result<(), ApiError> {
         let mut links = self
             .links
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        links.retain(|_, (_, s, exp)| *exp > now && *s != session);
+        links.retain(|_, e| e.expires > now && e.session != session);
         if links.len() >= MAX_LINK_OFFERS || links.contains_key(&offer) {
             return Err(err(
                 ErrorCode::Conflict,
                 "this link offer cannot be taken now; try again with another code",
             ));
         }
-        links.insert(offer, (info, session, now + LINK_OFFER_TTL));
+        links.insert(
+            offer,
+            LinkEntry {
+                info,
+                token,
+                session,
+                expires: now + LINK_OFFER_TTL,
+            },
+        );
         Ok(())
     }
 
@@ -988,7 +1021,11 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             Ok(Reply::Done)
         }
-        Request::LinkOffer { offer, endpoint } => {
+        Request::LinkOffer {
+            offer,
+            token,
+            endpoint,
+        } => {
             limit(ctx)?;
             if !is_link_offer(&offer) || endpoint.addrs.len() > MAX_ADDRS {
                 return Err(err(
@@ -1002,7 +1039,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                 device_id: device,
                 endpoint,
             };
-            st.sessions.offer_link(offer, info, ctx.session)?;
+            st.sessions.offer_link(offer, token, info, ctx.session)?;
             Ok(Reply::Done)
         }
         Request::PublishDevices { list, certs, pin } => {

@@ -1100,3 +1100,57 @@ async fn relay_is_announced_in_info_and_serves() {
     let err = Server::bind(c).await.unwrap_err().to_string();
     assert!(err.contains("--tls-cert"), "{err}");
 }
+
+/// Issue 3: a device-link rendezvous was taken by whoever named its 4-character offer id, so
+/// sweeping the 20-bit space used up other people's rendezvous (no one could link) and told
+/// who was linking. Now it takes the code's rendezvous token too: an unknown offer and a wrong
+/// token get the same answer and leave the offer in place; only the right token takes it,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_guessing_link_offers_takes_no_rendezvous() {
+    use dialtone_proto::devices::LinkCode;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let (k, _) = d.register(1, "alice@example.com").await;
+    let mut ws = d.connect(&k).await;
+    let code = LinkCode::parse("K7QM-AAAA-BBBB-CCCC").unwrap();
+    let r = ws
+        .call(Request::LinkOffer {
+            offer: code.offer().to_owned(),
+            token: code.rendezvous_token(),
+            endpoint: EndpointInfo {
+                addrs: vec!["192.0.2.7:4433".parse().unwrap()],
+                relay_url: None,
+            },
+        })
+        .await;
+    assert!(matches!(r, Ok(Reply::Done)), "{r:?}");
+
+    let take = |offer: &str, token: String| {
+        serde_json::to_vec(&serde_json::json!({ "offer": offer, "token": token })).unwrap()
+    };
+    let right = hex::encode(code.rendezvous_token().0);
+    let wrong_code = LinkCode::parse("K7QM-AAAA-BBBB-CCCD").unwrap();
+    let wrong = hex::encode(wrong_code.rendezvous_token().0);
+
+    // A wrong token and an unknown offer: the same answer, and the offer stays.
+    let a = d.post("/v1/link", take("K7QM", wrong.clone())).await;
+    assert_eq!(a.error(), (404, "not_found"));
+    let unknown = d.post("/v1/link", take("ZZZZ", right.clone())).await;
+    assert_eq!((unknown.status, &unknown.body), (a.status, &a.body));
+    let a = d.post("/v1/link", take("K7QM", "00".repeat(3))).await;
+    assert_eq!(a.error(), (400, "bad_request"), "a malformed token");
+
+    // The right token takes it (the offer id in any case), once.
+    let a = d.post("/v1/link", take("k7qm", right.clone())).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["identifier"], "alice@example.com");
+    assert_eq!(
+        a.body["device_id"],
+        serde_json::json!(DeviceId::from_signing_key(&k.device))
+    );
+    let a = d.post("/v1/link", take("K7QM", right)).await;
+    assert_eq!(a.error(), (404, "not_found"));
+    drop(ws);
+    d.srv.shutdown().await;
+}
