@@ -570,6 +570,21 @@ async fn join_on(
         return Err(fail("an invalid device list"));
     }
     let directory = dir.base().to_owned();
+    if !same_directory(&bundle.directory, &directory) {
+        let _ = write_frame(
+            &mut send,
+            &refused(format!(
+                "it came through the directory {directory}, but the account is at {}",
+                bundle.directory
+            )),
+        )
+        .await;
+        let _ = send.finish();
+        return Err(LinkError::Refused(format!(
+            "the other device uses the directory {}, not {directory}, which this device used; nothing was stored: link again with --directory {}",
+            bundle.directory, bundle.directory
+        )));
+    }
     if let Err(e) = home.store_linked(&bundle, &directory, &pins) {
         let _ = write_frame(
             &mut send,
@@ -590,9 +605,26 @@ async fn join_on(
     })
 }
 
+/// Whether the directory URL the existing device named is the one the new device used: the
+/// same but for a trailing slash and the case of scheme and host.
+fn same_directory(named: &str, used: &str) -> bool {
+    let base = |u: &str| u.trim().trim_end_matches('/').to_owned();
+    base(named).eq_ignore_ascii_case(&base(used))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundles_directory_must_be_the_one_used() {
+        let used = "https://dir.example:4100";
+        assert!(same_directory("https://dir.example:4100", used));
+        assert!(same_directory("HTTPS://Dir.Example:4100/", used));
+        assert!(!same_directory("https://evil.example:4100", used));
+        assert!(!same_directory("https://dir.example:4101", used));
+        assert!(!same_directory("not a url", used));
+    }
 
     #[test]
     fn tickets_and_codes_parse() {
