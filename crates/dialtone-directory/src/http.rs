@@ -52,7 +52,7 @@ impl ApiError {
         }
     }
 
-    fn limited(what: &str, wait: Duration) -> Self {
+    pub(crate) fn limited(what: &str, wait: Duration) -> Self {
         let secs = wait.as_secs().max(1);
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -542,7 +542,9 @@ async fn register_confirm(
         })?;
     info!(replaced, "identifier bound");
     st.kt.notify();
-    if replaced {
+    // A new key removes every old device; a re-registration with the same key and a list
+    // removes the devices the list leaves out.
+    if replaced || !removed.is_empty() {
         st.sessions
             .key_replaced(&st, &req.identifier, &removed)
             .await;
