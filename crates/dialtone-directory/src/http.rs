@@ -583,15 +583,18 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
     }
     let days = lapse.div_ceil(86_400);
     let max = st.config.verification.max_pin_attempts;
-    if lock.failures >= max {
-        return Err(ApiError::new(
+    let too_many = || {
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyAttempts,
             format!(
                 "too many wrong registration-lock PINs: {} stays bound to its key until the lock lapses ({days} days after its owner's devices were last online)",
                 req.identifier
             ),
-        ));
+        )
+    };
+    if lock.failures >= max {
+        return Err(too_many());
     }
     let Some(pin) = req.pin.clone() else {
         return Err(ApiError::new(
@@ -603,13 +606,21 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
             ),
         ));
     };
+    // The attempt is counted as wrong before the PIN is checked, in one statement: of any
+    // number of concurrent guesses, at most the attempts left are ever checked.
+    let id = req.identifier.clone();
+    let Some(used) = st
+        .store
+        .run(move |c| q::reserve_pin_attempt(c, &id, max))
+        .await?
+    else {
+        return Err(too_many());
+    };
     let right = tokio::task::spawn_blocking(move || crate::reglock::verify_pin(&hash, &pin))
         .await
         .map_err(|_| ApiError::from(StoreError::Join))?;
-    let id = req.identifier.clone();
-    st.store.run(move |c| q::pin_tried(c, &id, right)).await?;
     if !right {
-        let left = max.saturating_sub(lock.failures + 1);
+        let left = max.saturating_sub(used);
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::WrongPin,
@@ -619,6 +630,9 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
             ),
         ));
     }
+    // The right PIN: the count starts again.
+    let id = req.identifier.clone();
+    st.store.run(move |c| q::pin_right(c, &id)).await?;
     Ok(true)
 }
 

@@ -420,18 +420,33 @@ pub(crate) mod q {
         .map_err(Into::into)
     }
 
-    /// Counts a wrong PIN (`right == false`) or resets the count.
-    pub(crate) fn pin_tried(
+    /// Reserves one registration-lock PIN attempt before the PIN is checked: counts it as a
+    /// wrong one, in one statement, unless `max` are counted already (then `None`, as when
+    /// no lock is set). Returns the attempts counted, this one included. Concurrent guesses
+    /// each take their own attempt, so at most `max` are ever checked.
+    pub(crate) fn reserve_pin_attempt(
         c: &Connection,
         id: &Identifier,
-        right: bool,
-    ) -> Result<(), StoreError> {
-        let sql = if right {
-            "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1"
-        } else {
-            "UPDATE accounts SET lock_failures = lock_failures + 1 WHERE identifier = ?1"
-        };
-        c.execute(sql, [id.as_str()])?;
+        max: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let used: Option<i64> = c
+            .query_row(
+                "UPDATE accounts SET lock_failures = lock_failures + 1
+                 WHERE identifier = ?1 AND lock_hash IS NOT NULL AND lock_failures < ?2
+                 RETURNING lock_failures",
+                params![id.as_str(), i64::from(max)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(used.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// The right PIN was given: the count of wrong ones starts again.
+    pub(crate) fn pin_right(c: &Connection, id: &Identifier) -> Result<(), StoreError> {
+        c.execute(
+            "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1",
+            [id.as_str()],
+        )?;
         Ok(())
     }
 
