@@ -561,6 +561,10 @@ async fn register_confirm(
 /// another key whose lock is in force and the right PIN was given, `Ok(false)` when no lock
 /// applies, an error when the PIN is missing or wrong.
 async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result<bool, ApiError> {
+    // A device online now keeps the lock in force, however long its session has been open.
+    // Asked before `last_seen` is read: a session writes it before it leaves the registry, so
+    // an account found offline here is read with its last session's end.
+    let online = st.sessions.is_online(&req.identifier);
     let id = req.identifier.clone();
     let row = st
         .store
@@ -573,8 +577,6 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
     let Some(hash) = lock.hash else {
         return Ok(false);
     };
-    // A device online now keeps the lock in force, however long its session has been open.
-    let online = st.sessions.is_online(&req.identifier);
     if account.identity_key == req.identity_key
         || (!online && now_secs() > lock.last_seen.saturating_add(lapse))
     {

@@ -99,6 +99,10 @@ const MAX_USED_PER_DEVICE: usize = 16;
 /// (40 bytes each). A session that opened across more revocations than this is refused,
 /// to be safe (its device reconnects).
 const REVOCATIONS_KEPT: usize = 4096;
+/// How often the accounts with a device online get `last_seen` written, so that the
+/// registration lock cannot lapse behind a session that has been open for longer than the
+/// lapse, even if the directory stops without closing it.
+pub(crate) const SEEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Device-link offers open at once, at most (one per session; beyond it, refused).
 const MAX_LINK_OFFERS: usize = 10_000;
@@ -524,6 +528,45 @@ impl Sessions {
         };
         if let Some(text) = encode(&frame) {
             self.push_encoded(&watchers, &text);
+        }
+    }
+}
+
+/// Writes `last_seen` now for every account with a device online, a thousand accounts per
+/// transaction so that the store is never held for long.
+pub(crate) async fn refresh_seen(st: &AppState) {
+    let online: Vec<Identifier> = st.sessions.lock().keys().cloned().collect();
+    let now = now_secs();
+    for chunk in online.chunks(1000) {
+        let chunk = chunk.to_vec();
+        let written = st
+            .store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                for id in &chunk {
+                    q::seen(&tx, id, now)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            debug!("cannot write last_seen: {e}");
+            return;
+        }
+    }
+}
+
+/// Runs [`refresh_seen`] every [`SEEN_REFRESH`] until `cancel`.
+pub(crate) async fn keep_seen(st: Arc<AppState>, cancel: CancellationToken) {
+    let start = tokio::time::Instant::now() + SEEN_REFRESH;
+    let mut every = tokio::time::interval_at(start, SEEN_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = every.tick() => refresh_seen(&st).await,
         }
     }
 }
@@ -982,6 +1025,17 @@ async fn close(live: Live, code: Option<u16>) -> Option<Live> {
         st, ctx, mut conn, ..
     } = live;
     let id = ctx.session;
+    // The registration lock lapses only after `lock_lapse` without a device online: the
+    // account was online until now. Written before the session leaves the registry, so at
+    // every moment the account is either online or seen just now. (At shutdown, `Server`
+    // writes every online account at once.)
+    if !st.sessions.shutdown.is_cancelled() {
+        let account = ctx.account.identifier.clone();
+        let _ = st
+            .store
+            .run(move |c| q::seen(c, &account, now_secs()))
+            .await;
+    }
     // Out of the registry first: once the client sees the close frame, the session is gone.
     let removed = {
         let mut map = st.sessions.lock();

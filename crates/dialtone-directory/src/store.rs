@@ -85,8 +85,8 @@ const MIGRATIONS: &[&str] = &[
         SELECT identifier, CAST(X'01' || identity_key AS BLOB), updated_at FROM accounts;",
     // 3: devices and the registration lock. `device_list` is the signed device list (JSON)
     // published as the account's transparency-log value; `lock_hash` the Argon2id hash of the
-    // registration-lock PIN; `last_seen` when a device of the account last opened a session
-    // (the lock lapses after a configured time without one).
+    // registration-lock PIN; `last_seen` when a device of the account was last online (the
+    // lock lapses after a configured time without one).
     "ALTER TABLE accounts ADD COLUMN device_list TEXT;
     ALTER TABLE accounts ADD COLUMN lock_hash TEXT;
     ALTER TABLE accounts ADD COLUMN lock_failures INTEGER NOT NULL DEFAULT 0;
@@ -126,7 +126,8 @@ pub(crate) struct Lock {
     pub(crate) hash: Option<String>,
     /// Wrong PINs given since the last right one.
     pub(crate) failures: u32,
-    /// When a device of the account last opened a session (seconds since the Unix epoch).
+    /// When a device of the account was last online (seconds since the Unix epoch): written
+    /// when a session opens and closes, and hourly while one is open.
     pub(crate) last_seen: u64,
 }
 
@@ -450,7 +451,8 @@ pub(crate) mod q {
         Ok(())
     }
 
-    /// Records that a device of the account opened a session now.
+    /// Records that a device of the account was online now (a session opened or closed, or
+    /// one is open: see `sessions::SEEN_REFRESH`).
     pub(crate) fn seen(c: &Connection, id: &Identifier, now: u64) -> Result<(), StoreError> {
         c.execute(
             "UPDATE accounts SET last_seen = ?2 WHERE identifier = ?1",

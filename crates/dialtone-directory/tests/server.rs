@@ -1209,6 +1209,53 @@ async fn issue3_concurrent_pin_guesses_never_pass_the_limit() {
     d.srv.shutdown().await;
 }
 
+/// Issue 3: the registration lock lapses `lock_lapse` after the account's devices were last
+/// online, but `last_seen` was written only when a session opened: a device online for
+/// longer than the lapse left it lapsed the moment it went offline. Now a session writes it
+/// as it closes. The test makes the session look older than the lapse by writing an old
+/// `last_seen` into the directory's database while the session is open, closes the session,
+/// and shows that a re-verification with another key still meets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_the_lock_counts_from_when_the_last_session_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let alice = "alice@example.com";
+    let k = d.register_locked(1, alice, "2468").await;
+    let mut ws = d.connect(&k).await;
+    let db = rusqlite::Connection::open(tmp.path().join("data/directory.sqlite3")).unwrap();
+    db.busy_timeout(WAIT).unwrap();
+    let eight_days_ago = now() - 8 * 24 * 3600;
+    let last_seen = || -> u64 {
+        db.query_row(
+            "SELECT last_seen FROM accounts WHERE identifier = ?1",
+            [alice],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    db.execute(
+        "UPDATE accounts SET last_seen = ?1 WHERE identifier = ?2",
+        rusqlite::params![eight_days_ago, alice],
+    )
+    .unwrap();
+    assert_eq!(last_seen(), eight_days_ago);
+
+    // The device goes offline; the directory has written `last_seen` before its close frame.
+    ws.sink.send(Message::Close(None)).await.unwrap();
+    ws.closed().await;
+    assert!(last_seen() + 60 > now(), "last_seen written at the close");
+
+    let (thief, code) = d.start_registration(2, alice).await;
+    let a = d
+        .post(
+            "/v1/register/confirm",
+            confirm_locked_body(&thief, alice, &code, false, None),
+        )
+        .await;
+    assert_eq!(a.error(), (403, "registration_locked"), "{}", a.body);
+    d.srv.shutdown().await;
+}
+
 /// Issue 3: a device-link rendezvous was taken by whoever named its 4-character offer id, so
 /// sweeping the 20-bit space used up other people's rendezvous (no one could link) and told
 /// who was linking. Now it takes the code's rendezvous token too: an unknown offer and a wrong
