@@ -210,12 +210,18 @@ impl DirectoryClient {
         self.get(&format!("/v1/lookup/{}", id.as_str())).await
     }
 
-    /// Fetches a device-link offer, once (`GET /v1/link/{offer}`).
+    /// Takes the device-link rendezvous of `code` (`POST /v1/link` with the offer id and the
+    /// code's rendezvous token), once. The directory answers an unknown offer and a wrong
+    /// token alike (`404`), and only the right token uses the offer up.
     pub async fn link_offer(
         &self,
-        offer: &str,
+        code: &dialtone_proto::devices::LinkCode,
     ) -> Result<dialtone_proto::directory::LinkOfferInfo, DirectoryError> {
-        self.get(&format!("/v1/link/{offer}")).await
+        let req = dialtone_proto::directory::LinkOfferRequest {
+            offer: code.offer().to_owned(),
+            token: code.rendezvous_token(),
+        };
+        self.post("/v1/link", &req).await
     }
 
     /// Starts a registration: the directory sends a code.

@@ -1,12 +1,14 @@
 //! Device linking: a new device joins a person's account through one of their existing devices.
 //!
 //! 1. The existing device shows a code (`dialtone device link`): it asks the directory to hold
-//!    a rendezvous for the code's first four characters (its device id and addresses) and
-//!    waits.
-//! 2. The new device (`dialtone device link CODE --directory URL`) fetches the rendezvous once,
+//!    a rendezvous for the code's first four characters (its device id and addresses), with
+//!    the code's rendezvous token (a hash of the whole code), and waits.
+//! 2. The new device (`dialtone device link CODE --directory URL`) takes the rendezvous with
+//!    the token (once; someone guessing offer ids has no token, so takes nobody's),
 //!    connects **directly** to the existing device over iroh (QUIC, TLS 1.3 authenticated by
 //!    both device keys) and proves it knows the rest of the code; the existing device proves
-//!    it too. The directory never sees the secret part, so it cannot stand in for either side.
+//!    it too. The directory never sees the secret part, only the token hash of it, so it
+//!    cannot stand in for either side without guessing the secret.
 //! 3. The existing device's owner signs a certificate for the new device and a new device list
 //!    with the identity key, publishes the list through the directory (it goes into the
 //!    transparency log), and hands the new device its certificate, the list, the contacts'
@@ -222,8 +224,8 @@ pub(crate) async fn incoming(
 }
 
 impl AgentHandle {
-    /// Shows a device-link code: the directory holds the rendezvous until a new device
-    /// fetches it (once), [`OFFER_TTL`] passes, or this agent goes offline.
+    /// Shows a device-link code: the directory holds the rendezvous until a new device with
+    /// the code takes it (once), [`OFFER_TTL`] passes, or this agent goes offline.
     pub async fn link_start(&self) -> Result<LinkOfferView, LinkError> {
         let inner = &self.inner;
         let mut tries = 0;
@@ -235,6 +237,7 @@ impl AgentHandle {
                 .session
                 .request(Request::LinkOffer {
                     offer: code.offer().to_owned(),
+                    token: code.rendezvous_token(),
                     endpoint: inner.endpoint_info(),
                 })
                 .await
@@ -460,7 +463,7 @@ pub struct Linked {
     pub pins: usize,
 }
 
-/// Joins an account as a new device: fetches the rendezvous for `code` from `dir`, connects
+/// Joins an account as a new device: takes the rendezvous for `code` from `dir`, connects
 /// directly to the device showing the code, proves the code, and stores what it hands over
 /// in `home` (which must have no identity yet). `bind` are the local addresses to use.
 pub async fn join(
@@ -476,7 +479,7 @@ pub async fn join(
         identifier,
         device_id: existing,
         endpoint,
-    } = dir.link_offer(code.offer()).await?;
+    } = dir.link_offer(code).await?;
     let relay = dir.info(Duration::from_secs(5)).await.ok().and_then(|i| {
         i.relay_url.map(|url| dialtone_net::RelaySettings {
             url,
@@ -572,6 +575,21 @@ async fn join_on(
         return Err(fail("an invalid device list"));
     }
     let directory = dir.base().to_owned();
+    if !same_directory(&bundle.directory, &directory) {
+        let _ = write_frame(
+            &mut send,
+            &refused(format!(
+                "it came through the directory {directory}, but the account is at {}",
+                bundle.directory
+            )),
+        )
+        .await;
+        let _ = send.finish();
+        return Err(LinkError::Refused(format!(
+            "the other device uses the directory {}, not {directory}, which this device used; nothing was stored: link again with --directory {}",
+            bundle.directory, bundle.directory
+        )));
+    }
     if let Err(e) = home.store_linked(&bundle, &directory, &pins) {
         let _ = write_frame(
             &mut send,
@@ -592,9 +610,26 @@ async fn join_on(
     })
 }
 
+/// Whether the directory URL the existing device named is the one the new device used: the
+/// same but for a trailing slash and the case of scheme and host.
+fn same_directory(named: &str, used: &str) -> bool {
+    let base = |u: &str| u.trim().trim_end_matches('/').to_owned();
+    base(named).eq_ignore_ascii_case(&base(used))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundles_directory_must_be_the_one_used() {
+        let used = "https://dir.example:4100";
+        assert!(same_directory("https://dir.example:4100", used));
+        assert!(same_directory("HTTPS://Dir.Example:4100/", used));
+        assert!(!same_directory("https://evil.example:4100", used));
+        assert!(!same_directory("https://dir.example:4101", used));
+        assert!(!same_directory("not a url", used));
+    }
 
     #[test]
     fn tickets_and_codes_parse() {

@@ -251,8 +251,9 @@ pub struct VerificationConfig {
     /// Wrong registration-lock PINs allowed (in total, until the right one) before the lock
     /// refuses every PIN until it lapses. Default 10.
     pub max_pin_attempts: u32,
-    /// A registration lock lapses when no device of its account opened a session for this
-    /// long, so someone who lost every device and the PIN can register again. Default 7 days.
+    /// A registration lock lapses when no device of its account was online for this long
+    /// (counted from the end of the last session), so someone who lost every device and the
+    /// PIN can register again. Default 7 days.
     #[serde(with = "humantime_serde")]
     pub lock_lapse: Duration,
 }

@@ -18,8 +18,8 @@ use dialtone_proto::{
     Identifier,
     directory::{
         Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, LinkOfferInfo,
-        MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm, RegisterStart,
-        RegisterStarted, Registered, check_pin, is_link_offer,
+        LinkOfferRequest, MAX_BODY_LEN, MAX_CLOCK_SKEW_SECS, PublicRecord, RegisterConfirm,
+        RegisterStart, RegisterStarted, Registered, check_pin, is_link_offer,
     },
     keys::{register_confirm_transcript, register_start_transcript},
     rules::{CODE_DIGITS, clean_code, codes_equal},
@@ -52,7 +52,7 @@ impl ApiError {
         }
     }
 
-    fn limited(what: &str, wait: Duration) -> Self {
+    pub(crate) fn limited(what: &str, wait: Duration) -> Self {
         let secs = wait.as_secs().max(1);
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -172,7 +172,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/session/challenge", post(challenge))
         .route("/v1/session", get(crate::sessions::upgrade))
         .route("/v1/lookup/{identifier}", get(lookup))
-        .route("/v1/link/{offer}", get(link_offer))
+        .route("/v1/link", post(link_offer))
         .route("/v1/kt/keys", get(kt_keys))
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
@@ -551,7 +551,9 @@ async fn register_confirm(
         })?;
     info!(replaced, "identifier bound");
     st.kt.notify();
-    if replaced {
+    // A new key removes every old device; a re-registration with the same key and a list
+    // removes the devices the list leaves out.
+    if replaced || !removed.is_empty() {
         st.sessions
             .key_replaced(&st, &req.identifier, &removed)
             .await;
@@ -568,6 +570,10 @@ async fn register_confirm(
 /// another key whose lock is in force and the right PIN was given, `Ok(false)` when no lock
 /// applies, an error when the PIN is missing or wrong.
 async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result<bool, ApiError> {
+    // A device online now keeps the lock in force, however long its session has been open.
+    // Asked before `last_seen` is read: a session writes it before it leaves the registry, so
+    // an account found offline here is read with its last session's end.
+    let online = st.sessions.is_online(&req.identifier);
     let id = req.identifier.clone();
     let row = st
         .store
@@ -580,8 +586,6 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
     let Some(hash) = lock.hash else {
         return Ok(false);
     };
-    // A device online now keeps the lock in force, however long its session has been open.
-    let online = st.sessions.is_online(&req.identifier);
     if account.identity_key == req.identity_key
         || (!online && now_secs() > lock.last_seen.saturating_add(lapse))
     {
@@ -590,15 +594,18 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
     }
     let days = lapse.div_ceil(86_400);
     let max = st.config.verification.max_pin_attempts;
-    if lock.failures >= max {
-        return Err(ApiError::new(
+    let too_many = || {
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyAttempts,
             format!(
                 "too many wrong registration-lock PINs: {} stays bound to its key until the lock lapses ({days} days after its owner's devices were last online)",
                 req.identifier
             ),
-        ));
+        )
+    };
+    if lock.failures >= max {
+        return Err(too_many());
     }
     let Some(pin) = req.pin.clone() else {
         return Err(ApiError::new(
@@ -610,13 +617,21 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
             ),
         ));
     };
+    // The attempt is counted as wrong before the PIN is checked, in one statement: of any
+    // number of concurrent guesses, at most the attempts left are ever checked.
+    let id = req.identifier.clone();
+    let Some(used) = st
+        .store
+        .run(move |c| q::reserve_pin_attempt(c, &id, max))
+        .await?
+    else {
+        return Err(too_many());
+    };
     let right = tokio::task::spawn_blocking(move || crate::reglock::verify_pin(&hash, &pin))
         .await
         .map_err(|_| ApiError::from(StoreError::Join))?;
-    let id = req.identifier.clone();
-    st.store.run(move |c| q::pin_tried(c, &id, right)).await?;
     if !right {
-        let left = max.saturating_sub(lock.failures + 1);
+        let left = max.saturating_sub(used);
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::WrongPin,
@@ -626,6 +641,9 @@ async fn check_registration_lock(st: &AppState, req: &RegisterConfirm) -> Result
             ),
         ));
     }
+    // The right PIN: the count starts again.
+    let id = req.identifier.clone();
+    st.store.run(move |c| q::pin_right(c, &id)).await?;
     Ok(true)
 }
 
@@ -761,20 +779,21 @@ async fn lookup(
     }))
 }
 
-/// `GET /v1/link/{offer}`: the device that shows a device-link code, once.
+/// `POST /v1/link`: the device that shows a device-link code, once, to whoever shows the
+/// code's rendezvous token.
 async fn link_offer(
     State(st): State<Arc<AppState>>,
     Extension(addr): Extension<ClientAddr>,
-    Path(offer): Path<String>,
+    Body(req): Body<LinkOfferRequest>,
 ) -> Result<Json<LinkOfferInfo>, ApiError> {
-    // Guessing offers is guessing 20 bits: the confirmation limit (a few per minute per
+    // A wrong guess costs its sender only: the confirmation limit (a few per minute per
     // address) applies, not the lookup one.
     check(
         &st.limits.confirm_ip,
         ip_of(&addr),
         "device-link attempts from your address",
     )?;
-    let offer = offer.to_ascii_uppercase();
+    let offer = req.offer.to_ascii_uppercase();
     if !is_link_offer(&offer) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -782,13 +801,17 @@ async fn link_offer(
             "not a device-link code: the code has 16 letters and digits, like ABCD-EFGH-JKMN-PQRS",
         ));
     }
-    st.sessions.take_link_offer(&offer).map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no device shows this code (it expired, was used, or its device went offline): run `dialtone device link` on your other device for a new code",
-        )
-    })
+    // An unknown offer and a wrong token get the same answer, and the offer stays.
+    st.sessions
+        .take_link_offer(&offer, &req.token)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no device shows this code (check that it is typed right; it may also have expired, been used, or its device gone offline): run `dialtone device link` on your other device for a new code",
+            )
+        })
 }
 
 async fn kt_keys(State(st): State<Arc<AppState>>) -> Json<KtKeys> {

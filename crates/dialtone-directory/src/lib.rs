@@ -223,6 +223,7 @@ impl Server {
         });
         let cancel = CancellationToken::new();
         let publisher = tokio::spawn(kt.run(cancel.clone()));
+        let seen = tokio::spawn(sessions::keep_seen(state.clone(), cancel.clone()));
         let router = http::router(state.clone());
         let dead_link = state.config.session.dead_link;
         let accept = tokio::spawn(accept_loop(
@@ -235,6 +236,7 @@ impl Server {
         let task = tokio::spawn(async move {
             let _ = accept.await;
             let _ = publisher.await;
+            let _ = seen.await;
         });
         info!(%url, "directory listening");
         if let Some((r, _)) = &relay {
@@ -291,6 +293,8 @@ impl Server {
         if let Some((relay, _echo)) = self.relay.take() {
             relay.shutdown().await;
         }
+        // The online accounts were seen until now (the sessions skip it as they close).
+        sessions::refresh_seen(&self.state).await;
         self.cancel.cancel();
         self.state.sessions.shutdown.cancel();
         self.state.sessions.kill_all();

@@ -27,8 +27,9 @@ use dialtone_proto::{
     devices::DeviceList,
     directory::{
         ClientFrame, ContactEntry, DeviceEndpoint, EndpointInfo, ErrorBody, ErrorCode,
-        LinkOfferInfo, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN, PresenceState,
-        PresenceView, Relation, Reply, Request, ServerFrame, check_pin, is_link_offer,
+        LinkOfferInfo, LinkToken, MAX_ADDRS, MAX_STATUS_MESSAGE_LEN, MAX_WS_FRAME_LEN,
+        PresenceState, PresenceView, Relation, Reply, Request, ServerFrame, check_pin,
+        is_link_offer,
     },
     keys::{Signature, session_transcript},
     rules::{TokenBucket, aggregate_presence},
@@ -90,9 +91,18 @@ fn unix_ms() -> u64 {
 
 /// Frames queued for one device before it counts as stuck and is disconnected.
 const PUSH_QUEUE: usize = 256;
-/// Outstanding session challenges at most (each about 80 bytes): beyond this, new ones are
-/// refused until old ones expire, so a flood cannot grow memory without bound.
-const MAX_CHALLENGES: usize = 100_000;
+/// Answered challenges one device may have unexpired at once (8 bytes each): a device that
+/// opens sessions faster than this per challenge lifetime waits for its oldest to expire. The
+/// bound is per device, so one device cannot use up room that others need.
+const MAX_USED_PER_DEVICE: usize = 16;
+/// Revoked devices remembered for sessions that were opening when the revocation happened
+/// (40 bytes each). A session that opened across more revocations than this is refused,
+/// to be safe (its device reconnects).
+const REVOCATIONS_KEPT: usize = 4096;
+/// How often the accounts with a device online get `last_seen` written, so that the
+/// registration lock cannot lapse behind a session that has been open for longer than the
+/// lapse, even if the directory stops without closing it.
+pub(crate) const SEEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Device-link offers open at once, at most (one per session; beyond it, refused).
 const MAX_LINK_OFFERS: usize = 10_000;
@@ -170,17 +180,80 @@ fn encode(frame: &ServerFrame) -> Option<Utf8Bytes> {
     serde_json::to_string(frame).ok().map(Utf8Bytes::from)
 }
 
+/// Devices revoked lately, numbered. A session checks its device against them as it joins
+/// the registry: see [`Sessions::register`]. Changed only while the registry is locked.
+#[derive(Debug, Default)]
+struct Revocations {
+    /// Devices revoked since the start.
+    count: u64,
+    /// The last [`REVOCATIONS_KEPT`] of them, with their number (1 for the first).
+    recent: VecDeque<(u64, DeviceId)>,
+}
+
+impl Revocations {
+    fn record(&mut self, device: DeviceId) {
+        self.count += 1;
+        if self.recent.len() >= REVOCATIONS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.count, device));
+    }
+
+    /// Whether `device` was (or, with too many revocations since to tell, may have been)
+    /// revoked after [`Revocations::count`] was `mark`.
+    fn since(&self, mark: u64, device: &DeviceId) -> bool {
+        if self.count == mark {
+            return false;
+        }
+        let oldest = self.recent.front().map_or(u64::MAX, |(n, _)| *n);
+        oldest > mark + 1 || self.recent.iter().any(|(n, d)| *n > mark && d == device)
+    }
+}
+
+/// A device-link rendezvous the directory holds.
+#[derive(Debug)]
+struct LinkEntry {
+    info: LinkOfferInfo,
+    /// Who may take it ([`LinkToken::matches`]).
+    token: LinkToken,
+    /// The offering session: the offer ends with it.
+    session: u64,
+    expires: Instant,
+}
+
+/// Answered challenges, per device: their expiries (a challenge is fixed by its device and
+/// its expiry), until they expire.
+#[derive(Debug, Default)]
+struct UsedChallenges {
+    by_device: HashMap<DeviceId, Vec<u64>>,
+    /// Sweep out expired devices once this many are recorded.
+    sweep_at: usize,
+}
+
+/// Why an answered challenge was not taken.
+#[derive(Debug, PartialEq, Eq)]
+enum ChallengeRefused {
+    /// Answered before: a replay.
+    Used,
+    /// The device has [`MAX_USED_PER_DEVICE`] unexpired answered challenges.
+    TooMany,
+}
+
 /// The presence registry and the outstanding session challenges.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     online: Mutex<HashMap<Identifier, Vec<DeviceSession>>>,
-    /// Device-link rendezvous: offer id → the offering device, its session and the expiry.
-    links: Mutex<HashMap<String, (LinkOfferInfo, u64, Instant)>>,
+    /// Revoked devices, for sessions that were opening meanwhile. Changed and checked only
+    /// while `online` is locked (so the check and the join, or the record and the kill, are
+    /// one step); always locked after `online`, never before.
+    revocations: Mutex<Revocations>,
+    /// Device-link rendezvous by offer id.
+    links: Mutex<HashMap<String, LinkEntry>>,
     /// Signs session challenges: a challenge carries its expiry and a MAC over the device and
     /// the expiry, so issuing one keeps no state (a flood of requests costs no memory).
     challenge_key: ChallengeKey,
     /// Challenges already answered with a valid signature, until they expire (single use).
-    challenges: Mutex<HashMap<[u8; 32], u64>>,
+    challenges: Mutex<UsedChallenges>,
     next_id: AtomicU64,
     /// Ended by shutdown: closes every session.
     pub(crate) shutdown: CancellationToken,
@@ -195,34 +268,55 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes a device-link offer (each is answered once), if its session is still open.
-    pub(crate) fn take_link_offer(&self, offer: &str) -> Option<LinkOfferInfo> {
-        let (info, session, expires) = self
-            .links
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(offer)?;
+    /// Takes a device-link offer for someone who shows its token (each is given out once),
+    /// if its session is still open. An unknown offer and a wrong token are alike `None`, and
+    /// a wrong token leaves the offer in place: guessing offer ids uses up nobody's.
+    pub(crate) fn take_link_offer(&self, offer: &str, token: &LinkToken) -> Option<LinkOfferInfo> {
+        let entry = {
+            let mut links = self
+                .links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !links.get(offer)?.token.matches(token) {
+                return None;
+            }
+            links.remove(offer)?
+        };
         let live = self
             .lock()
-            .get(&info.identifier)
-            .is_some_and(|l| l.iter().any(|d| d.id == session));
-        (live && Instant::now() < expires).then_some(info)
+            .get(&entry.info.identifier)
+            .is_some_and(|l| l.iter().any(|d| d.id == entry.session));
+        (live && Instant::now() < entry.expires).then_some(entry.info)
     }
 
-    fn offer_link(&self, offer: String, info: LinkOfferInfo, session: u64) -> Result<(), ApiError> {
+    fn offer_link(
+        &self,
+        offer: String,
+        token: LinkToken,
+        info: LinkOfferInfo,
+        session: u64,
+    ) -> Result<(), ApiError> {
         let mut links = self
             .links
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        links.retain(|_, (_, s, exp)| *exp > now && *s != session);
+        links.retain(|_, e| e.expires > now && e.session != session);
         if links.len() >= MAX_LINK_OFFERS || links.contains_key(&offer) {
             return Err(err(
                 ErrorCode::Conflict,
                 "this link offer cannot be taken now; try again with another code",
             ));
         }
-        links.insert(offer, (info, session, now + LINK_OFFER_TTL));
+        links.insert(
+            offer,
+            LinkEntry {
+                info,
+                token,
+                session,
+                expires: now + LINK_OFFER_TTL,
+            },
+        );
         Ok(())
     }
 
@@ -243,25 +337,104 @@ impl Sessions {
         same && expiry > unix_ms()
     }
 
-    /// Uses up a checked challenge once its signature verified: false if it was used before
-    /// (a replay), or if [`MAX_CHALLENGES`] unexpired ones are recorded (then try again).
-    fn consume_challenge(&self, c: &[u8; 32]) -> bool {
+    /// Uses up a checked challenge of `device` once its signature verified. Refused if it was
+    /// used before (a replay), or if the device has [`MAX_USED_PER_DEVICE`] unexpired ones
+    /// (then it tries again later). Only the device's key holder gets here, and the bound is
+    /// per device: no device can take room another one needs. The record holds at most
+    /// [`MAX_USED_PER_DEVICE`] expiries per registered device that opened a session within
+    /// the challenges' lifetime.
+    fn consume_challenge(&self, c: &[u8; 32], device: &DeviceId) -> Result<(), ChallengeRefused> {
         let mut exp = [0u8; 8];
         exp.copy_from_slice(&c[..8]);
         let expiry = u64::from_be_bytes(exp);
+        let now = unix_ms();
         let mut used = self
             .challenges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if used.len() >= MAX_CHALLENGES / 2 {
-            let now = unix_ms();
-            used.retain(|_, exp| *exp > now);
+        if used.by_device.len() >= used.sweep_at {
+            used.by_device.retain(|_, l| {
+                l.retain(|e| *e > now);
+                !l.is_empty()
+            });
+            used.sweep_at = (used.by_device.len() * 2).max(1024);
         }
-        if used.len() >= MAX_CHALLENGES || used.contains_key(c) {
+        let list = used.by_device.entry(*device).or_default();
+        list.retain(|e| *e > now);
+        if list.contains(&expiry) {
+            return Err(ChallengeRefused::Used);
+        }
+        if list.len() >= MAX_USED_PER_DEVICE {
+            return Err(ChallengeRefused::TooMany);
+        }
+        list.push(expiry);
+        Ok(())
+    }
+
+    /// The revocation count now: taken before a new session's device is looked up, and
+    /// handed to [`Sessions::register`].
+    fn revocation_mark(&self) -> u64 {
+        self.revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .count
+    }
+
+    /// Puts a new session into the registry (replacing an older one of the same device, whose
+    /// published state it keeps), unless its device was revoked since `mark`
+    /// ([`Sessions::revocation_mark`], taken before the device was found registered): then
+    /// `false`, and the session must end.
+    ///
+    /// Why no revoked session survives: a revocation commits to the store, then (in
+    /// [`Sessions::revoke`]) records the devices and kills their sessions in one hold of the
+    /// registry lock. This check and the insertion are one hold of the same lock. A session
+    /// whose device was found registered looked before the commit, so its mark is lower than
+    /// the revocation's number. If it joins before the revocation's step, that step kills it;
+    /// if after, this check sees the revocation and refuses it.
+    fn register(&self, identifier: &Identifier, mut session: DeviceSession, mark: u64) -> bool {
+        let mut map = self.lock();
+        let device = session.cert.device_id;
+        if self
+            .revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .since(mark, &device)
+        {
             return false;
         }
-        used.insert(*c, expiry);
+        // Almost every person has one device online: room for exactly one.
+        let list = map
+            .entry(identifier.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
+        // A new session for the same device replaces the old one, and keeps what it
+        // published until the device publishes again: contacts see no flicker.
+        if let Some(i) = list.iter().position(|d| d.cert.device_id == device) {
+            let old = list.swap_remove(i);
+            old.queue.kill();
+            session.state = old.state;
+            session.message = old.message;
+            session.endpoint = old.endpoint;
+        }
+        list.push(session);
         true
+    }
+
+    /// After `removed` devices of `subject` lost their registration (committed to the store):
+    /// records them for the sessions opening now, and ends their sessions, in one step.
+    fn revoke(&self, subject: &Identifier, removed: &[DeviceId]) {
+        let map = self.lock();
+        let mut revocations = self
+            .revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in removed {
+            revocations.record(*d);
+        }
+        for d in map.get(subject).into_iter().flatten() {
+            if removed.contains(&d.cert.device_id) {
+                d.queue.kill();
+            }
+        }
     }
 
     /// Ends every session (shutdown, after [`Sessions::shutdown`] is cancelled: a session
@@ -332,21 +505,15 @@ impl Sessions {
         }
     }
 
-    /// After a key replacement: end the old devices' sessions and tell the contacts.
+    /// After a key replacement or a new device list (committed to the store): end the
+    /// removed devices' sessions, and those opening now, and tell the contacts.
     pub(crate) async fn key_replaced(
         &self,
         st: &AppState,
         subject: &Identifier,
         removed: &[DeviceId],
     ) {
-        {
-            let map = self.lock();
-            for d in map.get(subject).into_iter().flatten() {
-                if removed.contains(&d.cert.device_id) {
-                    d.queue.kill();
-                }
-            }
-        }
+        self.revoke(subject, removed);
         let s2 = subject.clone();
         let Ok(Some((account, watchers))) = st
             .store
@@ -361,6 +528,45 @@ impl Sessions {
         };
         if let Some(text) = encode(&frame) {
             self.push_encoded(&watchers, &text);
+        }
+    }
+}
+
+/// Writes `last_seen` now for every account with a device online, a thousand accounts per
+/// transaction so that the store is never held for long.
+pub(crate) async fn refresh_seen(st: &AppState) {
+    let online: Vec<Identifier> = st.sessions.lock().keys().cloned().collect();
+    let now = now_secs();
+    for chunk in online.chunks(1000) {
+        let chunk = chunk.to_vec();
+        let written = st
+            .store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                for id in &chunk {
+                    q::seen(&tx, id, now)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            debug!("cannot write last_seen: {e}");
+            return;
+        }
+    }
+}
+
+/// Runs [`refresh_seen`] every [`SEEN_REFRESH`] until `cancel`.
+pub(crate) async fn keep_seen(st: Arc<AppState>, cancel: CancellationToken) {
+    let start = tokio::time::Instant::now() + SEEN_REFRESH;
+    let mut every = tokio::time::interval_at(start, SEEN_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = every.tick() => refresh_seen(&st).await,
         }
     }
 }
@@ -483,15 +689,26 @@ pub(crate) async fn upgrade(
             "the signature does not verify",
         ));
     }
-    // Only the device's key holder uses a challenge up, so no one else can exhaust the
-    // record of used ones; a replayed answer is refused here.
-    if !st.sessions.consume_challenge(&ch) {
-        return Err(bad(
-            ErrorCode::ChallengeInvalid,
-            StatusCode::UNAUTHORIZED,
-            "challenge unknown, expired or already used; request a new one",
-        ));
+    // Only the device's key holder uses a challenge up, and only its own room in the record
+    // of used ones; a replayed answer is refused here.
+    match st.sessions.consume_challenge(&ch, &device) {
+        Ok(()) => {}
+        Err(ChallengeRefused::Used) => {
+            return Err(bad(
+                ErrorCode::ChallengeInvalid,
+                StatusCode::UNAUTHORIZED,
+                "challenge unknown, expired or already used; request a new one",
+            ));
+        }
+        Err(ChallengeRefused::TooMany) => {
+            return Err(ApiError::limited(
+                "sessions opened by this device",
+                st.config.session.challenge_ttl,
+            ));
+        }
     }
+    // Before the device is looked up: see `Sessions::register`.
+    let mark = st.sessions.revocation_mark();
     let found = st
         .store
         .run(move |c| {
@@ -517,7 +734,11 @@ pub(crate) async fn upgrade(
             "expected a WebSocket upgrade",
         )
     })?;
-    let start = Box::new(Start { account, cert });
+    let start = Box::new(Start {
+        account,
+        cert,
+        mark,
+    });
     let (response, on_upgrade) = ws.accept();
     // The session is a task of its own, whose future is the session's state itself (see
     // `Session`): nothing of the request or the upgrade stays behind.
@@ -533,6 +754,8 @@ pub(crate) async fn upgrade(
 struct Start {
     account: Account,
     cert: DeviceCertificate,
+    /// [`Sessions::revocation_mark`] before the device was found registered.
+    mark: u64,
 }
 
 /// The WebSocket of a session, over the connection the upgrade handed over.
@@ -665,49 +888,46 @@ impl Live {
 }
 
 /// Registers a new session (replacing an older one of the same device) and prepares it,
-/// with its Welcome frame.
+/// with its Welcome frame; a session whose device was revoked meanwhile gets no Welcome and
+/// closes at its first turn.
 fn open_session(st: Arc<AppState>, conn: Conn, start: Start) -> (Live, Option<Utf8Bytes>) {
-    let Start { account, cert } = start;
+    let Start {
+        account,
+        cert,
+        mark,
+    } = start;
     let queue = Arc::new(PushQueue::default());
     let id = st.sessions.next_id.fetch_add(1, Ordering::Relaxed);
     let device = cert.device_id;
-    {
-        let mut map = st.sessions.lock();
-        // Almost every person has one device online: room for exactly one.
-        let list = map
-            .entry(account.identifier.clone())
-            .or_insert_with(|| Vec::with_capacity(1));
-        // A new session for the same device replaces the old one, and keeps what it
-        // published until the device publishes again: contacts see no flicker.
-        let mut session = DeviceSession {
-            id,
-            cert,
-            state: None,
-            message: None,
-            endpoint: EndpointInfo::default(),
-            queue: queue.clone(),
-        };
-        if let Some(i) = list.iter().position(|d| d.cert.device_id == device) {
-            let old = list.swap_remove(i);
-            old.queue.kill();
-            session.state = old.state;
-            session.message = old.message;
-            session.endpoint = old.endpoint;
-        }
-        list.push(session);
-    }
+    let session = DeviceSession {
+        id,
+        cert,
+        state: None,
+        message: None,
+        endpoint: EndpointInfo::default(),
+        queue: queue.clone(),
+    };
+    let joined = st.sessions.register(&account.identifier, session, mark);
     // Shutdown kills the sessions it finds registered; one that registered after that sees
     // the cancellation here.
-    if st.sessions.shutdown.is_cancelled() {
+    if !joined || st.sessions.shutdown.is_cancelled() {
         queue.kill();
     }
-    debug!(session = id, "session opened");
-    let welcome = encode(&ServerFrame::Welcome {
-        identifier: account.identifier.clone(),
-        identity_key: account.identity_key,
-        device_id: device,
-        heartbeat_secs: st.config.session.heartbeat.as_secs().max(1),
-    });
+    let welcome = if joined {
+        debug!(session = id, "session opened");
+        encode(&ServerFrame::Welcome {
+            identifier: account.identifier.clone(),
+            identity_key: account.identity_key,
+            device_id: device,
+            heartbeat_secs: st.config.session.heartbeat.as_secs().max(1),
+        })
+    } else {
+        debug!(
+            session = id,
+            "session refused: its device was revoked as it opened"
+        );
+        None
+    };
     let ctx = Ctx {
         account,
         session: id,
@@ -805,6 +1025,17 @@ async fn close(live: Live, code: Option<u16>) -> Option<Live> {
         st, ctx, mut conn, ..
     } = live;
     let id = ctx.session;
+    // The registration lock lapses only after `lock_lapse` without a device online: the
+    // account was online until now. Written before the session leaves the registry, so at
+    // every moment the account is either online or seen just now. (At shutdown, `Server`
+    // writes every online account at once.)
+    if !st.sessions.shutdown.is_cancelled() {
+        let account = ctx.account.identifier.clone();
+        let _ = st
+            .store
+            .run(move |c| q::seen(c, &account, now_secs()))
+            .await;
+    }
     // Out of the registry first: once the client sees the close frame, the session is gone.
     let removed = {
         let mut map = st.sessions.lock();
@@ -988,7 +1219,11 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             Ok(Reply::Done)
         }
-        Request::LinkOffer { offer, endpoint } => {
+        Request::LinkOffer {
+            offer,
+            token,
+            endpoint,
+        } => {
             limit(ctx)?;
             if !is_link_offer(&offer) || endpoint.addrs.len() > MAX_ADDRS {
                 return Err(err(
@@ -1002,7 +1237,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                 device_id: device,
                 endpoint,
             };
-            st.sessions.offer_link(offer, info, ctx.session)?;
+            st.sessions.offer_link(offer, token, info, ctx.session)?;
             Ok(Reply::Done)
         }
         Request::PublishDevices { list, certs, pin } => {
@@ -1494,14 +1729,103 @@ mod tests {
         let mut forged = c;
         forged[0] ^= 1; // a later expiry
         assert!(!s.check_challenge(&forged, &d1));
-        assert!(s.consume_challenge(&c));
-        assert!(!s.consume_challenge(&c), "single use");
+        assert_eq!(s.consume_challenge(&c, &d1), Ok(()));
+        assert_eq!(
+            s.consume_challenge(&c, &d1),
+            Err(ChallengeRefused::Used),
+            "single use"
+        );
         let c = s.new_challenge(d1, Duration::ZERO).unwrap();
         assert!(!s.check_challenge(&c, &d1), "expired");
         // Issuing keeps nothing.
         for _ in 0..1000 {
             s.new_challenge(d1, Duration::from_secs(60)).unwrap();
         }
-        assert_eq!(s.challenges.lock().unwrap().len(), 1);
+        assert_eq!(s.challenges.lock().unwrap().by_device[&d1].len(), 1);
+    }
+
+    /// Issue 3: the record of used challenges was one global set with a global bound, so one
+    /// registered device answering challenges as fast as it could filled it and locked every
+    /// other device out until they expired. The bound is per device now. Expiries are made up
+    /// here (a challenge is its device and expiry): `consume_challenge` runs after the MAC and
+    /// signature checks, which this test does not need.
+    #[test]
+    fn issue3_one_device_cannot_fill_the_used_challenges_of_others() {
+        let s = Sessions::default();
+        let greedy = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
+        let other = DeviceId::from_signing_key(&SigningKey::from_bytes(&[2; 32]));
+        let far = unix_ms() + 3_600_000;
+        let challenge = |expiry: u64| {
+            let mut c = [0u8; 32];
+            c[..8].copy_from_slice(&expiry.to_be_bytes());
+            c
+        };
+        let mut refused = 0;
+        for i in 0..10_000 {
+            if s.consume_challenge(&challenge(far + i), &greedy) == Err(ChallengeRefused::TooMany) {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 10_000 - MAX_USED_PER_DEVICE as u64);
+        // The other device is not affected, and the greedy one holds only its own room.
+        for i in 0..MAX_USED_PER_DEVICE as u64 {
+            assert_eq!(s.consume_challenge(&challenge(far + i), &other), Ok(()));
+        }
+        let used = s.challenges.lock().unwrap();
+        assert_eq!(used.by_device[&greedy].len(), MAX_USED_PER_DEVICE);
+        drop(used);
+        // Expired answers free the room.
+        let s = Sessions::default();
+        let past = unix_ms() - 1;
+        s.challenges
+            .lock()
+            .unwrap()
+            .by_device
+            .insert(greedy, vec![past; MAX_USED_PER_DEVICE]);
+        assert_eq!(s.consume_challenge(&challenge(far), &greedy), Ok(()));
+    }
+
+    /// Issue 3: a session opened in the instant of a revocation survived it: the directory
+    /// found the device registered, the revocation removed it and ended the sessions it found,
+    /// then the new session joined the registry. The registry now checks the revocations
+    /// made since the session's device was looked up (its mark) as it joins, under the lock
+    /// the revocation ends sessions under. Each interleaving is played here in order, as the
+    /// lock makes them: no timing is involved.
+    #[test]
+    fn issue3_a_session_opening_during_its_revocation_never_joins() {
+        let s = Sessions::default();
+        let (a, sk) = account(4);
+        let opening = device(&sk, 40, None);
+        let dev = opening.cert.device_id;
+        let other = device(&sk, 41, None).cert.device_id;
+
+        // Looked up before the revocation committed, joins after it ended the sessions.
+        let mark = s.revocation_mark();
+        s.revoke(&a.identifier, &[dev]);
+        assert!(!s.register(&a.identifier, opening, mark));
+        assert_eq!(s.count(), 0);
+
+        // Joins first: the revocation's step finds it and ends it.
+        let mark = s.revocation_mark();
+        let joined = device(&sk, 40, None);
+        let queue = joined.queue.clone();
+        assert!(s.register(&a.identifier, joined, mark));
+        s.revoke(&a.identifier, &[dev]);
+        assert!(queue.is_killed());
+
+        // Another device's revocation does not stop it.
+        let mark = s.revocation_mark();
+        s.revoke(&a.identifier, &[other]);
+        assert!(s.register(&a.identifier, device(&sk, 40, None), mark));
+
+        // Too many revocations since its mark to tell: refused, to be safe.
+        let mark = s.revocation_mark();
+        for _ in 0..=REVOCATIONS_KEPT {
+            s.revoke(&a.identifier, &[other]);
+        }
+        assert!(!s.register(&a.identifier, device(&sk, 40, None), mark));
+        // Looked up after all of them: joins.
+        let mark = s.revocation_mark();
+        assert!(s.register(&a.identifier, device(&sk, 40, None), mark));
     }
 }

@@ -85,8 +85,8 @@ const MIGRATIONS: &[&str] = &[
         SELECT identifier, CAST(X'01' || identity_key AS BLOB), updated_at FROM accounts;",
     // 3: devices and the registration lock. `device_list` is the signed device list (JSON)
     // published as the account's transparency-log value; `lock_hash` the Argon2id hash of the
-    // registration-lock PIN; `last_seen` when a device of the account last opened a session
-    // (the lock lapses after a configured time without one).
+    // registration-lock PIN; `last_seen` when a device of the account was last online (the
+    // lock lapses after a configured time without one).
     "ALTER TABLE accounts ADD COLUMN device_list TEXT;
     ALTER TABLE accounts ADD COLUMN lock_hash TEXT;
     ALTER TABLE accounts ADD COLUMN lock_failures INTEGER NOT NULL DEFAULT 0;
@@ -126,7 +126,8 @@ pub(crate) struct Lock {
     pub(crate) hash: Option<String>,
     /// Wrong PINs given since the last right one.
     pub(crate) failures: u32,
-    /// When a device of the account last opened a session (seconds since the Unix epoch).
+    /// When a device of the account was last online (seconds since the Unix epoch): written
+    /// when a session opens and closes, and hourly while one is open.
     pub(crate) last_seen: u64,
 }
 
@@ -420,22 +421,38 @@ pub(crate) mod q {
         .map_err(Into::into)
     }
 
-    /// Counts a wrong PIN (`right == false`) or resets the count.
-    pub(crate) fn pin_tried(
+    /// Reserves one registration-lock PIN attempt before the PIN is checked: counts it as a
+    /// wrong one, in one statement, unless `max` are counted already (then `None`, as when
+    /// no lock is set). Returns the attempts counted, this one included. Concurrent guesses
+    /// each take their own attempt, so at most `max` are ever checked.
+    pub(crate) fn reserve_pin_attempt(
         c: &Connection,
         id: &Identifier,
-        right: bool,
-    ) -> Result<(), StoreError> {
-        let sql = if right {
-            "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1"
-        } else {
-            "UPDATE accounts SET lock_failures = lock_failures + 1 WHERE identifier = ?1"
-        };
-        c.execute(sql, [id.as_str()])?;
+        max: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let used: Option<i64> = c
+            .query_row(
+                "UPDATE accounts SET lock_failures = lock_failures + 1
+                 WHERE identifier = ?1 AND lock_hash IS NOT NULL AND lock_failures < ?2
+                 RETURNING lock_failures",
+                params![id.as_str(), i64::from(max)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(used.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// The right PIN was given: the count of wrong ones starts again.
+    pub(crate) fn pin_right(c: &Connection, id: &Identifier) -> Result<(), StoreError> {
+        c.execute(
+            "UPDATE accounts SET lock_failures = 0 WHERE identifier = ?1",
+            [id.as_str()],
+        )?;
         Ok(())
     }
 
-    /// Records that a device of the account opened a session now.
+    /// Records that a device of the account was online now (a session opened or closed, or
+    /// one is open: see `sessions::SEEN_REFRESH`).
     pub(crate) fn seen(c: &Connection, id: &Identifier, now: u64) -> Result<(), StoreError> {
         c.execute(
             "UPDATE accounts SET last_seen = ?2 WHERE identifier = ?1",

@@ -1100,3 +1100,212 @@ async fn relay_is_announced_in_info_and_serves() {
     let err = Server::bind(c).await.unwrap_err().to_string();
     assert!(err.contains("--tls-cert"), "{err}");
 }
+
+/// A confirmation of `id` for the keys `k` with `code`, a device list naming the device
+/// (`registration_lock` as given) and `pin`.
+fn confirm_locked_body(k: &Keys, id: &str, code: &str, lock: bool, pin: Option<&str>) -> Vec<u8> {
+    use dialtone_proto::devices::{DeviceEntry, DeviceList, DeviceListContent};
+    let mut req: dialtone_proto::directory::RegisterConfirm =
+        serde_json::from_slice(&confirm_body(k, id, code)).unwrap();
+    let list = DeviceList::sign(
+        &k.identity,
+        DeviceListContent {
+            identifier: Identifier::parse(id).unwrap(),
+            version: 1,
+            devices: vec![DeviceEntry {
+                device_id: DeviceId::from_signing_key(&k.device),
+                name: k.cert.name.clone(),
+                added_at: now(),
+            }],
+            registration_lock: lock,
+            unlocked_with_pin: false,
+        },
+    )
+    .unwrap();
+    req.device_list = Some(list);
+    req.pin = pin.map(str::to_owned);
+    serde_json::to_vec(&req).unwrap()
+}
+
+impl Dir {
+    /// Registers `id` with the keys of `seed` and a registration lock with `pin`.
+    async fn register_locked(&self, seed: u8, id: &str, pin: &str) -> Keys {
+        let k = keys(seed);
+        let a = self
+            .post("/v1/register/start", start_body(&k, id, now()))
+            .await;
+        assert_eq!(a.status, 202, "{}", a.body);
+        let body = confirm_locked_body(&k, id, &self.code(id), true, Some(pin));
+        let a = self.post("/v1/register/confirm", body).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        k
+    }
+
+    /// Starts a registration of `id` with the keys of `seed` and returns them and the code.
+    async fn start_registration(&self, seed: u8, id: &str) -> (Keys, String) {
+        let k = keys(seed);
+        let a = self
+            .post("/v1/register/start", start_body(&k, id, now()))
+            .await;
+        assert_eq!(a.status, 202, "{}", a.body);
+        let code = self.code(id);
+        (k, code)
+    }
+}
+
+/// Issue 3: the failure count of registration-lock PINs was read, checked and raised in
+/// separate steps around the Argon2 check, so concurrent wrong guesses could all pass the
+/// check and more than `max_pin_attempts` PINs were tried. Now each guess takes an attempt in
+/// one SQL statement before its PIN is checked. Many concurrent wrong guesses are fired at a
+/// real directory; every checked guess answers `wrong_pin` and every other one
+/// `too_many_attempts`, so the count of `wrong_pin` answers is the count of PINs checked. The
+/// assertion holds however the requests interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_concurrent_pin_guesses_never_pass_the_limit() {
+    const MAX: u32 = 3;
+    const GUESSES: usize = 24;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |c| {
+        c.verification.max_pin_attempts = MAX;
+        c.verification.max_attempts = 1000;
+        c.limits.confirm_per_ip = dialtone_directory::config::Limit {
+            burst: 1000,
+            every: Duration::from_millis(1),
+        };
+    })
+    .await;
+    let alice = "alice@example.com";
+    d.register_locked(1, alice, "2468").await;
+    let (thief, code) = d.start_registration(2, alice).await;
+
+    let guesses = (0..GUESSES).map(|i| {
+        let body = confirm_locked_body(&thief, alice, &code, false, Some(&format!("{:04}", i)));
+        let req = d
+            .http
+            .post(format!("{}/v1/register/confirm", d.base))
+            .header("content-type", "application/json")
+            .body(body);
+        tokio::spawn(send(req))
+    });
+    let mut wrong = 0;
+    let mut too_many = 0;
+    for g in futures_util::future::join_all(guesses).await {
+        match g.unwrap().error() {
+            (403, "wrong_pin") => wrong += 1,
+            (429, "too_many_attempts") => too_many += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(wrong, MAX, "PINs checked");
+    assert_eq!(too_many, GUESSES as u32 - MAX);
+    // The right PIN now is refused too: the lock holds until it lapses.
+    let a = d
+        .post(
+            "/v1/register/confirm",
+            confirm_locked_body(&thief, alice, &code, false, Some("2468")),
+        )
+        .await;
+    assert_eq!(a.error(), (429, "too_many_attempts"));
+    d.srv.shutdown().await;
+}
+
+/// Issue 3: the registration lock lapses `lock_lapse` after the account's devices were last
+/// online, but `last_seen` was written only when a session opened: a device online for
+/// longer than the lapse left it lapsed the moment it went offline. Now a session writes it
+/// as it closes. The test makes the session look older than the lapse by writing an old
+/// `last_seen` into the directory's database while the session is open, closes the session,
+/// and shows that a re-verification with another key still meets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_the_lock_counts_from_when_the_last_session_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let alice = "alice@example.com";
+    let k = d.register_locked(1, alice, "2468").await;
+    let mut ws = d.connect(&k).await;
+    let db = rusqlite::Connection::open(tmp.path().join("data/directory.sqlite3")).unwrap();
+    db.busy_timeout(WAIT).unwrap();
+    let eight_days_ago = now() - 8 * 24 * 3600;
+    let last_seen = || -> u64 {
+        db.query_row(
+            "SELECT last_seen FROM accounts WHERE identifier = ?1",
+            [alice],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    db.execute(
+        "UPDATE accounts SET last_seen = ?1 WHERE identifier = ?2",
+        rusqlite::params![eight_days_ago, alice],
+    )
+    .unwrap();
+    assert_eq!(last_seen(), eight_days_ago);
+
+    // The device goes offline; the directory has written `last_seen` before its close frame.
+    ws.sink.send(Message::Close(None)).await.unwrap();
+    ws.closed().await;
+    assert!(last_seen() + 60 > now(), "last_seen written at the close");
+
+    let (thief, code) = d.start_registration(2, alice).await;
+    let a = d
+        .post(
+            "/v1/register/confirm",
+            confirm_locked_body(&thief, alice, &code, false, None),
+        )
+        .await;
+    assert_eq!(a.error(), (403, "registration_locked"), "{}", a.body);
+    d.srv.shutdown().await;
+}
+
+/// Issue 3: a device-link rendezvous was taken by whoever named its 4-character offer id, so
+/// sweeping the 20-bit space used up other people's rendezvous (no one could link) and told
+/// who was linking. Now it takes the code's rendezvous token too: an unknown offer and a wrong
+/// token get the same answer and leave the offer in place; only the right token takes it,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_guessing_link_offers_takes_no_rendezvous() {
+    use dialtone_proto::devices::LinkCode;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let (k, _) = d.register(1, "alice@example.com").await;
+    let mut ws = d.connect(&k).await;
+    let code = LinkCode::parse("K7QM-AAAA-BBBB-CCCC").unwrap();
+    let r = ws
+        .call(Request::LinkOffer {
+            offer: code.offer().to_owned(),
+            token: code.rendezvous_token(),
+            endpoint: EndpointInfo {
+                addrs: vec!["192.0.2.7:4433".parse().unwrap()],
+                relay_url: None,
+            },
+        })
+        .await;
+    assert!(matches!(r, Ok(Reply::Done)), "{r:?}");
+
+    let take = |offer: &str, token: String| {
+        serde_json::to_vec(&serde_json::json!({ "offer": offer, "token": token })).unwrap()
+    };
+    let right = hex::encode(code.rendezvous_token().0);
+    let wrong_code = LinkCode::parse("K7QM-AAAA-BBBB-CCCD").unwrap();
+    let wrong = hex::encode(wrong_code.rendezvous_token().0);
+
+    // A wrong token and an unknown offer: the same answer, and the offer stays.
+    let a = d.post("/v1/link", take("K7QM", wrong.clone())).await;
+    assert_eq!(a.error(), (404, "not_found"));
+    let unknown = d.post("/v1/link", take("ZZZZ", right.clone())).await;
+    assert_eq!((unknown.status, &unknown.body), (a.status, &a.body));
+    let a = d.post("/v1/link", take("K7QM", "00".repeat(3))).await;
+    assert_eq!(a.error(), (400, "bad_request"), "a malformed token");
+
+    // The right token takes it (the offer id in any case), once.
+    let a = d.post("/v1/link", take("k7qm", right.clone())).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["identifier"], "alice@example.com");
+    assert_eq!(
+        a.body["device_id"],
+        serde_json::json!(DeviceId::from_signing_key(&k.device))
+    );
+    let a = d.post("/v1/link", take("K7QM", right)).await;
+    assert_eq!(a.error(), (404, "not_found"));
+    drop(ws);
+    d.srv.shutdown().await;
+}

@@ -16,6 +16,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    directory::LinkToken,
     ids::Identifier,
     keys::{DeviceId, IdentityKey, KeyError, Signature, Transcript, check_device_name, sign},
 };
@@ -281,6 +282,19 @@ mod tests {
         assert!(!code.check("new", &b, &a, &p));
         assert!(!LinkCode::from_random([1; 10]).check("new", &a, &b, &p));
         assert!(!format!("{code:?}").contains(&shown[5..]));
+        // The rendezvous token depends on the whole code, and is not the link proof.
+        let token = code.rendezvous_token();
+        assert_eq!(token, LinkCode::parse(&shown).unwrap().rendezvous_token());
+        let wrong_secret = LinkCode::parse(&format!("{}-0000-0000-0000", code.offer())).unwrap();
+        assert_ne!(token, wrong_secret.rendezvous_token());
+        assert_ne!(token.0[..], p[..16]);
+        // Golden (computed apart from this code): a change here breaks linking between
+        // versions.
+        let golden = LinkCode::parse("ABCD-EFGH-JKMN-PQRS").unwrap();
+        assert_eq!(
+            serde_json::to_string(&golden.rendezvous_token()).unwrap(),
+            r#""c4cb82c631989a01e0502a8ace8c7c8e""#
+        );
     }
 
     #[test]
@@ -387,6 +401,23 @@ impl LinkCode {
             .bytes(new.as_bytes())
             .str(&self.offer);
         Sha256::digest(t.as_bytes()).into()
+    }
+
+    /// The token that takes this code's rendezvous at the directory: the first 16 bytes of
+    /// SHA-256 over the transcript `link-rendezvous/v1` (the secret, then the offer id). The
+    /// existing device hands it over with the offer; the new device shows it to take the
+    /// offer, so guessing offer ids takes nobody's rendezvous. The directory learns this hash
+    /// of the secret, which tells it no more than the link proof it could get by standing in
+    /// for the existing device (see [`LinkToken`]).
+    pub fn rendezvous_token(&self) -> LinkToken {
+        use sha2::{Digest, Sha256};
+        let t = Transcript::new("link-rendezvous/v1")
+            .str(&self.secret)
+            .str(&self.offer);
+        let digest = Sha256::digest(t.as_bytes());
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&digest[..16]);
+        LinkToken(token)
     }
 
     /// Whether `proof` is [`LinkCode::proof`] for these inputs (in constant time).

@@ -13,6 +13,8 @@
 //!   [`ServerFrame`] (directory → client) each.
 //! - `GET /v1/lookup/{identifier}` and `GET /.well-known/webfinger?resource=acct:…` return
 //!   public keys only — never presence or addresses.
+//! - `POST /v1/link` with [`LinkOfferRequest`]: a new device takes the device-link
+//!   rendezvous another device offered ([`Request::LinkOffer`]); answer [`LinkOfferInfo`].
 //!
 //! Every error is a 4xx (or 5xx for the directory's own faults) with an [`ErrorBody`].
 
@@ -104,8 +106,65 @@ pub fn check_pin(pin: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Answer to `GET /v1/link/{offer}`: the device that shows a device-link code, so the new
-/// device can connect to it directly. Each offer can be fetched once.
+/// `POST /v1/link`: the new device asks for the rendezvous of a device-link code.
+///
+/// Only a request with the right [`LinkToken`] takes the offer (once); an unknown offer and a
+/// wrong token get the same `404 not_found` and leave the offer in place, so sweeping the
+/// offer ids neither uses up someone's rendezvous nor tells who is linking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOfferRequest {
+    /// The offer id: the code's first [`LINK_OFFER_LEN`] characters.
+    pub offer: String,
+    /// [`crate::devices::LinkCode::rendezvous_token`] of the code.
+    pub token: LinkToken,
+}
+
+/// The proof that a device-link rendezvous is asked for by someone who knows the code: the
+/// first 16 bytes of SHA-256 over the transcript `link-rendezvous/v1` (the code's secret,
+/// then the offer id), as 32 hex digits. See [`crate::devices::LinkCode::rendezvous_token`].
+///
+/// The directory learns this hash of the secret. It gains nothing it could not get before: a
+/// directory that hands out its own endpoint as the rendezvous receives the new device's link
+/// proof, which is a hash of the same secret. A PAKE would close both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LinkToken(pub [u8; 16]);
+
+impl LinkToken {
+    /// Whether `other` is the same token, compared in constant time.
+    pub fn matches(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for LinkToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkToken(…)")
+    }
+}
+
+impl Serialize for LinkToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for LinkToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s.as_ref(), &mut out)
+            .map_err(|_| serde::de::Error::custom("a link token is 32 hex digits"))?;
+        Ok(Self(out))
+    }
+}
+
+/// Answer to `POST /v1/link` ([`LinkOfferRequest`]): the device that shows a device-link
+/// code, so the new device can connect to it directly. Each offer is given out once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkOfferInfo {
     /// Whose device shows the code.
@@ -472,13 +531,16 @@ pub enum Request {
         /// Where this device is reachable.
         endpoint: EndpointInfo,
     },
-    /// Offer a device-link rendezvous: until it is fetched once (`GET /v1/link/{offer}`),
-    /// expires or this session ends, the directory tells whoever names `offer` this device's
-    /// id and `endpoint`. The link itself runs directly between the two devices.
+    /// Offer a device-link rendezvous: until it is taken once (`POST /v1/link` with the
+    /// right token, [`LinkOfferRequest`]), expires or this session ends, the directory tells
+    /// whoever names `offer` with `token` this device's id and `endpoint`. The link itself
+    /// runs directly between the two devices.
     LinkOffer {
         /// The offer id: [`LINK_OFFER_LEN`] characters of `0-9A-Z` (the first part of the
         /// code the device shows).
         offer: String,
+        /// [`crate::devices::LinkCode::rendezvous_token`] of the code shown.
+        token: LinkToken,
         /// Where this device is reachable.
         endpoint: EndpointInfo,
     },
@@ -624,6 +686,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn link_tokens_are_hex_and_compared_whole() {
+        let r: LinkOfferRequest =
+            serde_json::from_str(r#"{"offer":"K7QM","token":"00112233445566778899aabbccddeeff"}"#)
+                .unwrap();
+        assert_eq!(r.token.0[15], 0xff);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"offer":"K7QM","token":"00112233445566778899aabbccddeeff"}"#
+        );
+        let mut other = r.token;
+        assert!(r.token.matches(&other));
+        other.0[15] ^= 1;
+        assert!(!r.token.matches(&other));
+        assert_eq!(format!("{:?}", r.token), "LinkToken(…)");
+        for bad in [
+            r#"{"offer":"K7QM","token":"0011"}"#,
+            r#"{"offer":"K7QM","token":"zz112233445566778899aabbccddeeff"}"#,
+            r#"{"offer":"K7QM"}"#,
+            r#"{"offer":"K7QM","token":"00112233445566778899aabbccddeeff","x":1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<LinkOfferRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
