@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bins
-exec target/release/dialtone-bench-netns "$@"
+exec "${CARGO_TARGET_DIR:-target}"/release/dialtone-bench-netns "$@"

@@ -17,4 +17,4 @@ if [ "$profile" = release ]; then
 else
   cargo build --bins >&2
 fi
-exec .venv/bin/python bench/suite.py --bins "target/$profile" "$@"
+exec .venv/bin/python bench/suite.py --bins "${CARGO_TARGET_DIR:-target}/$profile" "$@"

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bins
-exec target/release/dialtone-bench "$@"
+exec "${CARGO_TARGET_DIR:-target}"/release/dialtone-bench "$@"

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >&2
 cargo build --release -p dialtone-bench -p dialtone-directory --bins >&2
-exec target/release/dialtone-loadgen "$@"
+exec "${CARGO_TARGET_DIR:-target}"/release/dialtone-loadgen "$@"

@@ -3,7 +3,10 @@
 //!
 //! Run: `scripts/bench.sh` (builds release binaries, then runs this). It starts a real
 //! `dialtone-directory` process, registers two people with the real `dialtone` CLI, then embeds
-//! two agents in this process (the agent library, as a bot would) and prints medians:
+//! two agents in this process (the agent library, as a bot would), each on a tokio runtime of
+//! its own built as the `dialtone` binary builds its own, so the two sides are scheduled as two
+//! processes would be (sharing one runtime's workers was 2× faster on round trips and 2× slower
+//! on throughput, and like no real deployment). It prints medians:
 //!
 //! - message round trip on an established connection (send → peer acknowledges);
 //! - cold first message: no open connection (connect + hellos + deliver + ack);
@@ -13,7 +16,7 @@
 //! - messages per second from one person to another (`--window` sends in flight, each
 //!   acknowledged), and the CPU time of both agents per message;
 //! - baseline: a raw iroh echo (one stream per message, same frame size) between two bare
-//!   endpoints, and the ratio of Dialtone's round trip to it.
+//!   endpoints on the same two runtimes, and the ratio of Dialtone's round trip to it.
 
 use std::{
     sync::{
@@ -108,8 +111,27 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A runtime of its own for bob's agent (and the echo server of the baseline), built as the
+/// `dialtone` binary builds its own: the two sides are then scheduled as two processes would be,
+/// rather than sharing one runtime's workers.
+fn second_runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    // It lives as long as the process: a runtime must not be dropped inside another's task.
+    std::mem::forget(rt);
+    Ok(handle)
+}
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let tls = tempfile::tempdir()?;
     let (dir, extra) = if args.plain_http {
@@ -128,7 +150,10 @@ async fn main() -> anyhow::Result<()> {
     let bob_id = Identifier::parse(BOB)?;
 
     let alice = Agent::start(config(&alice_p.home)?).await?;
-    let mut bob = Agent::start(config(&bob_p.home)?).await?;
+    // Bob's agent runs on a runtime of its own, as a second process would.
+    let bob_rt = second_runtime()?;
+    let bob_config = config(&bob_p.home)?;
+    let mut bob = bob_rt.spawn(Agent::start(bob_config)).await??;
     let (a, b) = (alice.handle(), bob.handle());
     for h in [&a, &b] {
         if !h.wait_connected(Duration::from_secs(10)).await {
@@ -235,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
     bob.shutdown().await;
     alice.shutdown().await;
 
-    let baseline = raw_iroh_echo(args.rtt_n, body.len() + 40).await?;
+    let baseline = raw_iroh_echo(args.rtt_n, body.len() + 40, &bob_rt).await?;
 
     let rtt = stats(rtt);
     let cold = stats(cold);
@@ -321,19 +346,27 @@ fn private_ca(dir: &std::path::Path) -> anyhow::Result<(String, String, String)>
 
 /// Two bare iroh endpoints on loopback; one echoes every stream. Measures the same shape of
 /// exchange as a Dialtone message (open stream, write, finish, read the answer).
-async fn raw_iroh_echo(n: usize, size: usize) -> anyhow::Result<Vec<Duration>> {
+async fn raw_iroh_echo(
+    n: usize,
+    size: usize,
+    server_rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Vec<Duration>> {
     let mk = |seed: u8| {
         let mut c = dialtone_net::EndpointConfig::new([seed; 32]);
         c.bind = vec!["127.0.0.1:0".parse().expect("literal")];
         c.portmapper = false;
         c
     };
-    let server = dialtone_net::bind(&mk(7)).await?;
+    // The echo server lives on the second runtime, as bob's agent does.
+    let server_config = mk(7);
+    let server = server_rt
+        .spawn(async move { dialtone_net::bind(&server_config).await })
+        .await??;
     let client = dialtone_net::bind(&mk(9)).await?;
     let server_id = dialtone_net::device_id(&server).context("server id")?;
     let info = dialtone_net::local_endpoint_info(&server);
     let srv = server.clone();
-    tokio::spawn(async move {
+    server_rt.spawn(async move {
         while let Some(inc) = srv.accept().await {
             let Ok(acc) = inc.accept() else { continue };
             let Ok(conn) = acc.await else { continue };
