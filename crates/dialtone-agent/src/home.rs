@@ -499,6 +499,32 @@ impl Home {
     pub fn save_kt(&self, st: &crate::kt::KtState) -> Result<(), HomeError> {
         write_private(&self.path("kt.json"), &to_json(st))
     }
+
+    /// The device list this home's identity key signed last (`device-list.json`), if any.
+    /// `dialtone verify` starts from it rather than from the directory's unproven answer, so
+    /// a directory cannot hand back an older list (with a revoked device, or without the lock)
+    /// to be signed again.
+    pub fn own_list(&self) -> Result<Option<dialtone_proto::devices::DeviceList>, HomeError> {
+        let path = self.path("device-list.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| HomeError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Records a device list this home's identity key signed and the directory accepted.
+    pub fn save_own_list(
+        &self,
+        list: &dialtone_proto::devices::DeviceList,
+    ) -> Result<(), HomeError> {
+        write_private(&self.path("device-list.json"), &to_json(list))
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {

@@ -514,13 +514,14 @@ fn list_version(devices: Option<&DeviceList>) -> u64 {
     devices.map_or(0, |l| l.version)
 }
 
-/// Fills a new pin for `id` with what the log proved in this run for the same key: its
-/// device list, the list's version and its registration lock.
+/// Fills a pin for `id` with what the log proved in this run for the same key, if that is
+/// newer than what the pin holds: its device list, the list's version and its lock.
 pub(crate) fn fill_pin(inner: &Inner, id: &Identifier, pin: &mut crate::home::Pin) {
     if let Some(l) = lock(&inner.kt.proven)
         .get(id)
         .filter(|p| p.key == pin.identity_key)
         .and_then(|p| p.devices.as_ref())
+        .filter(|l| l.version >= pin.list_version)
     {
         pin.registration_lock = l.registration_lock;
         pin.devices = l.devices.iter().map(|d| d.device_id).collect();
@@ -848,7 +849,8 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         .filter(|r| kt_value_key(&r.value.0) == Some(inner.identity_key))
         .map(|r| list_version(kt_value_list(&r.value.0).as_ref()))
         .collect();
-    if let Some(w) = own.windows(2).find(|w| w[0] < w[1]) {
+    let rolled_back = own.windows(2).find(|w| w[0] < w[1]);
+    if let Some(w) = rolled_back {
         alarm(
             inner,
             KtFailure::ListRollback {
@@ -865,7 +867,9 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         .position(|r| kt_value_key(&r.value.0) == Some(inner.identity_key));
     // Our key's newest list no longer names this device: it was revoked (by another of our
     // devices, or by whoever holds the identity key).
+    // (Not after a replayed list: that is the alarm, not a revocation.)
     if mine == Some(0)
+        && rolled_back.is_none()
         && let Some(list) = results.first().and_then(|r| kt_value_list(&r.value.0))
         && !list.contains(&inner.cert.device_id)
     {

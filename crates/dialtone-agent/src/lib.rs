@@ -1006,11 +1006,18 @@ impl AgentHandle {
         key: IdentityKey,
         verified: bool,
     ) -> Result<(), SendError> {
-        st.pins.insert(who.clone(), {
-            let mut pin = Pin::new(key, now_secs(), verified, true);
-            kt::fill_pin(&self.inner, who, &mut pin);
-            pin
-        });
+        // The same key pinned already: what its proven lists taught (the newest list version,
+        // its devices, its lock) stays; only `verified` and `proven` change.
+        let mut pin = match st.pins.remove(who) {
+            Some(old) if old.identity_key == key => Pin {
+                verified,
+                proven: true,
+                ..old
+            },
+            _ => Pin::new(key, now_secs(), verified, true),
+        };
+        kt::fill_pin(&self.inner, who, &mut pin);
+        st.pins.insert(who.clone(), pin);
         self.inner
             .home
             .save_pins(&st.pins)

@@ -246,15 +246,18 @@ async fn run() -> anyhow::Result<()> {
             Duration::from_secs(10),
             presence_is(&bob_id, PresenceState::Offline),
         )
-        .await?;
+        .await
+        .context("bob offline")?;
         let t = Instant::now();
-        bob = Agent::start(config(&bob_p.home)?).await?;
+        let bob_config = config(&bob_p.home)?;
+        bob = bob_rt.spawn(Agent::start(bob_config)).await??;
         wait_event(
             &mut a_events,
             Duration::from_secs(10),
             presence_is(&bob_id, PresenceState::Online),
         )
-        .await?;
+        .await
+        .context("bob online")?;
         login.push(t.elapsed());
     }
     bob.shutdown().await;

@@ -50,6 +50,13 @@ async fn current(home: &Home) -> Result<(Option<DeviceList>, Vec<DeviceEntry>, D
     Ok((list, entries, me))
 }
 
+/// Keeps the list just published as this device's last (see [`Home::own_list`]).
+pub(super) fn remember(home: &Home, list: &DeviceList) {
+    if let Err(e) = home.save_own_list(list) {
+        eprintln!("warning: cannot record the published device list: {e}");
+    }
+}
+
 fn sign_next(
     key: &SigningKey,
     home: &Home,
@@ -61,11 +68,27 @@ fn sign_next(
         .settings()?
         .identifier
         .ok_or_else(|| anyhow::anyhow!("not registered: run `dialtone register` first"))?;
+    // The last list this device signed: the log must not show an older one (a directory
+    // replaying an old list would have it signed again, revoked devices and all).
+    let mine = home.own_list().ok().flatten();
+    if let (Some(old), Some(mine)) = (old, &mine)
+        && old.identity_key == mine.identity_key
+        && old.version < mine.version
+    {
+        return Err(Fail {
+            code: 18,
+            message: format!(
+                "WARNING: the directory's log shows an older device list (version {}) than the one this device published last (version {}): it may be replaying an old list. Nothing was changed; tell the directory's operator",
+                old.version, mine.version
+            ),
+        });
+    }
+    let previous = old.map(|l| l.version).max(mine.map(|l| l.version));
     DeviceList::sign(
         key,
         DeviceListContent {
             identifier,
-            version: DeviceList::next_version(old.map(|l| l.version), now_ms()),
+            version: DeviceList::next_version(previous, now_ms()),
             devices,
             registration_lock: lock.unwrap_or_else(|| old.is_some_and(|l| l.registration_lock)),
             unlocked_with_pin: old.is_some_and(|l| l.unlocked_with_pin),
@@ -160,6 +183,7 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
         json!({ "cert": cert, "list": list }),
     )
     .await?;
+    remember(home, &list);
     println!(
         "linked {:?}: it can go online with `dialtone up`, and your contacts' messages reach it too",
         super::printable(&name)
@@ -290,6 +314,7 @@ async fn revoke(home: &Home, name: &str, pass: &PassArgs) -> Result {
     let gone = entries.remove(pos);
     let list = sign_next(&key, home, old.as_ref(), entries, None)?;
     call(home, "devices.publish", json!({ "list": list })).await?;
+    remember(home, &list);
     println!(
         "revoked {:?} ({}): it is off your device list and can no longer connect to anyone",
         super::printable(&gone.name),
@@ -319,6 +344,7 @@ pub(super) async fn lock(home: &Home, c: LockCommand) -> Result {
     let (old, entries, _) = current(home).await?;
     let list = sign_next(&key, home, old.as_ref(), entries, Some(on))?;
     call(home, "devices.publish", json!({ "list": list, "pin": pin })).await?;
+    remember(home, &list);
     if on {
         println!(
             "registration lock on: re-verifying your identifier is no longer enough to bind another key to it; \

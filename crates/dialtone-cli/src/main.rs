@@ -638,21 +638,45 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
         Err(DirectoryError::Refused { body, .. }) if body.error == ErrorCode::NotFound => None,
         Err(e) => return Err(e.into()),
     };
+    // The list to start from: the newer of the one this device signed last and the one the
+    // directory shows (its answer carries no proof: it could be an older list of ours, with a
+    // revoked device or without the lock, for us to sign again).
+    let mine = home
+        .own_list()
+        .ok()
+        .flatten()
+        .filter(|l| l.verify().is_ok() && l.identity_key == ik && l.identifier == identifier);
     let mut entries = Vec::new();
-    let mut previous_version = None;
+    let mut previous_version = mine.as_ref().map(|l| l.version);
     let mut other_key_locked = false;
     let mut own_locked = false;
+    let mut own_unlocked = false;
     if let Some(rec) = &current {
         if rec.identity_key == ik {
-            // Only a list our own key signed is carried over: the directory's answer is not
-            // trusted to say which devices are ours.
-            if let Some(l) = rec.device_list.as_ref().filter(|l| {
+            // Only a list our own key signed is carried over.
+            let shown = rec.device_list.as_ref().filter(|l| {
                 l.verify().is_ok() && l.identity_key == ik && l.identifier == identifier
-            }) {
+            });
+            if let (Some(s), Some(m)) = (shown, &mine)
+                && s.version < m.version
+            {
+                eprintln!(
+                    "warning: the directory shows an older device list (version {}) than the one this device published last (version {}); keeping the newer one",
+                    s.version, m.version
+                );
+            }
+            let base = match (shown, &mine) {
+                (Some(s), Some(m)) if s.version < m.version => Some(m),
+                (Some(s), _) => Some(s),
+                (None, m) => m.as_ref(),
+            };
+            if let Some(l) = base {
                 entries = l.devices.clone();
-                previous_version = Some(l.version);
-                // Re-verifying our own key keeps its lock (`dialtone lock clear` removes it).
+                previous_version = previous_version.max(Some(l.version));
+                // Re-verifying our own key keeps its lock (`dialtone lock clear` removes it),
+                // and how the key was first bound.
                 own_locked = l.registration_lock;
+                own_unlocked = l.unlocked_with_pin;
             }
         } else {
             other_key_locked = rec
@@ -685,15 +709,16 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
             message: format!("cannot make the device list: {e}"),
         })
     };
-    let mut unlocked = pin.is_some() && other_key_locked;
+    let mut unlocked = (pin.is_some() && other_key_locked) || own_unlocked;
     let mut tries = 0;
-    let done = loop {
+    let (done, published) = loop {
+        let list = sign_list(unlocked)?;
         let req = RegisterConfirm {
             signature: sign(&key, &register_confirm_transcript(&identifier, &code, &ik)),
             identifier: identifier.clone(),
             identity_key: ik,
             code: code.clone(),
-            device_list: Some(sign_list(unlocked)?),
+            device_list: Some(list.clone()),
             pin: pin.clone(),
         };
         match client.register_confirm(&req).await {
@@ -707,11 +732,12 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
                 unlocked = !unlocked;
                 tries += 1;
             }
-            other => break other?,
+            other => break (other?, list),
         }
     };
     settings.registered = true;
     home.save_settings(&settings)?;
+    devices::remember(home, &published);
     println!(
         "registered {} with identity {}",
         done.identifier,

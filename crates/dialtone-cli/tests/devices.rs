@@ -450,4 +450,25 @@ fn a_replayed_older_device_list_is_refused_and_flagged() {
         Duration::from_secs(1),
         |e| e["event"] == "message" && e["body"] == "let me back in",
     );
+
+    // Alice re-verifies her identifier. The directory shows her the old list (laptop and
+    // all) to sign again; her device starts from the list it published last instead.
+    alice
+        .run(&["register", ALICE, "--directory", &dir.url])
+        .ok();
+    let r = alice.run(&["verify", &dir.code_for(ALICE)]);
+    r.ok();
+    assert!(r.stderr.contains("older device list"), "{}", r.stderr);
+    wait_until(Duration::from_secs(20), "alice's own list again", || {
+        let r = alice.run(&["device", "list", "--json"]);
+        r.code == 0 && {
+            let v: Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+            v["list"]["devices"].as_array().is_some_and(|d| {
+                d.len() == 1 && d[0]["name"] == "test-device"
+            })
+        }
+    });
+    laptop
+        .run(&["send", BOB, "and now?"])
+        .fails_with(19, "revoked");
 }

@@ -529,6 +529,17 @@ async fn register_confirm(
                     ));
                 }
             }
+            if let Some(list) = &list
+                && list.unlocked_with_pin
+                && !pin_given
+                && !(q::account(c, &id)?.is_some_and(|a| a.identity_key == key)
+                    && q::device_list(c, &id)?.is_some_and(|l| l.unlocked_with_pin))
+            {
+                return Err(StoreError::Invalid(
+                    "the device list says it was unlocked with a PIN, but no lock was opened"
+                        .into(),
+                ));
+            }
             if matches!(lock, LockChange::Keep)
                 && !pin_given
                 && !(q::account(c, &id)?.is_some_and(|a| a.identity_key == key)
@@ -673,12 +684,12 @@ fn check_registration_list(
             "the device list does not name the registering device".into()
         ));
     }
-    if list.unlocked_with_pin != pin_given {
-        return Err(bad(if pin_given {
+    // Without a PIN given now, the list may still say it was unlocked with one if it is a
+    // re-registration of a key that was (checked with the store, below).
+    if pin_given && !list.unlocked_with_pin {
+        return Err(bad(
             "the device list must say it was unlocked with the PIN".into()
-        } else {
-            "the device list says it was unlocked with a PIN, but no lock was opened".into()
-        }));
+        ));
     }
     match (list.registration_lock, &req.pin) {
         (false, _) => Ok(LockChange::Clear),

@@ -14,7 +14,8 @@
 //! - `replace-key:TARGET` — binds a fresh key to TARGET without any verification and publishes
 //!   it in the log, without ending TARGET's sessions or telling anyone;
 //! - `replay-list:TARGET` — publishes TARGET's previous log value again (an older device
-//!   list the key holder signed, for instance one that still names a revoked device);
+//!   list the key holder signed, for instance one that still names a revoked device), and
+//!   shows it in TARGET's lookups;
 //! - `honest` — stops lying (a replaced key stays replaced).
 
 use std::sync::Mutex;
@@ -210,6 +211,13 @@ pub(crate) async fn apply(t: &Transparency, lie: Lie) -> Result<(), KtError> {
         let now = crate::http::now_secs();
         t.store()
             .run(move |c| {
+                // The account's answers (`/v1/lookup`) show the old list too.
+                if let Some((2, json)) = old.split_first().map(|(v, j)| (*v, j)) {
+                    c.execute(
+                        "UPDATE accounts SET device_list = ?2 WHERE identifier = ?1",
+                        rusqlite::params![id.as_str(), String::from_utf8_lossy(json)],
+                    )?;
+                }
                 c.execute(
                     "INSERT OR REPLACE INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)",
                     rusqlite::params![id.as_str(), old, now as i64],

@@ -83,18 +83,19 @@ impl ChallengeKey {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Milliseconds on this process's monotonic clock (from 1). Challenges carry expiries on it:
+/// they are valid only in the process that issued them (its key is made at start), and a
+/// wall clock set back must not make used challenges valid again nor lock devices out.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Frames queued for one device before it counts as stuck and is disconnected.
 const PUSH_QUEUE: usize = 256;
-/// Answered challenges one device may have unexpired at once (8 bytes each): a device that
-/// opens sessions faster than this per challenge lifetime waits for its oldest to expire. The
-/// bound is per device, so one device cannot use up room that others need.
-const MAX_USED_PER_DEVICE: usize = 16;
 /// Revoked devices remembered for sessions that were opening when the revocation happened
 /// (40 bytes each). A session that opened across more revocations than this is refused,
 /// to be safe (its device reconnects).
@@ -221,22 +222,22 @@ struct LinkEntry {
     expires: Instant,
 }
 
-/// Answered challenges, per device: their expiries (a challenge is fixed by its device and
-/// its expiry), until they expire.
+/// Answered challenges: per device, the expiry of the latest one answered. A challenge is
+/// fixed by its device and its expiry, and expiries grow with the time of issue, so an answer
+/// must carry a later expiry than the device's last one: a replay (or an older challenge
+/// answered after a newer one) is refused. One number per device, whatever it does.
 #[derive(Debug, Default)]
 struct UsedChallenges {
-    by_device: HashMap<DeviceId, Vec<u64>>,
-    /// Sweep out expired devices once this many are recorded.
+    last: HashMap<DeviceId, u64>,
+    /// Sweep out devices whose last challenge expired once this many are recorded.
     sweep_at: usize,
 }
 
 /// Why an answered challenge was not taken.
 #[derive(Debug, PartialEq, Eq)]
 enum ChallengeRefused {
-    /// Answered before: a replay.
+    /// Answered before (a replay), or older than one the device answered since.
     Used,
-    /// The device has [`MAX_USED_PER_DEVICE`] unexpired answered challenges.
-    TooMany,
 }
 
 /// The presence registry and the outstanding session challenges.
@@ -320,10 +321,11 @@ impl Sessions {
         Ok(())
     }
 
-    /// A new one-time challenge for `device`, valid for `ttl`: 8 bytes of expiry (Unix
-    /// milliseconds) and 24 bytes of MAC. Nothing is stored until it is answered.
+    /// A new one-time challenge for `device`, valid for `ttl`: 8 bytes of expiry (milliseconds
+    /// on this process's monotonic clock) and 24 bytes of MAC. Nothing is stored until it is
+    /// answered.
     pub(crate) fn new_challenge(&self, device: DeviceId, ttl: Duration) -> Option<[u8; 32]> {
-        let expiry = unix_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let expiry = clock_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         Some(self.challenge_key.challenge(&device, expiry))
     }
 
@@ -334,40 +336,33 @@ impl Sessions {
         let expiry = u64::from_be_bytes(exp);
         let want = self.challenge_key.challenge(device, expiry);
         let same = want.iter().zip(c).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-        same && expiry > unix_ms()
+        same && expiry > clock_ms()
     }
 
-    /// Uses up a checked challenge of `device` once its signature verified. Refused if it was
-    /// used before (a replay), or if the device has [`MAX_USED_PER_DEVICE`] unexpired ones
-    /// (then it tries again later). Only the device's key holder gets here, and the bound is
-    /// per device: no device can take room another one needs. The record holds at most
-    /// [`MAX_USED_PER_DEVICE`] expiries per registered device that opened a session within
-    /// the challenges' lifetime.
+    /// Uses up a checked challenge of `device` once its signature verified: refused if the
+    /// device answered this one, or a newer one, before. Only the device's key holder gets
+    /// here, and it keeps one number for itself however often it logs in: no device can take
+    /// room another one needs, and none is ever locked out (it asks for a new challenge).
     fn consume_challenge(&self, c: &[u8; 32], device: &DeviceId) -> Result<(), ChallengeRefused> {
         let mut exp = [0u8; 8];
         exp.copy_from_slice(&c[..8]);
         let expiry = u64::from_be_bytes(exp);
-        let now = unix_ms();
+        let now = clock_ms();
         let mut used = self
             .challenges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if used.by_device.len() >= used.sweep_at {
-            used.by_device.retain(|_, l| {
-                l.retain(|e| *e > now);
-                !l.is_empty()
-            });
-            used.sweep_at = (used.by_device.len() * 2).max(1024);
+        if used.last.len() >= used.sweep_at {
+            // A device whose last answered challenge expired needs no record: every challenge
+            // at or before it has expired too.
+            used.last.retain(|_, e| *e > now);
+            used.sweep_at = (used.last.len() * 2).max(1024);
         }
-        let list = used.by_device.entry(*device).or_default();
-        list.retain(|e| *e > now);
-        if list.contains(&expiry) {
+        let last = used.last.entry(*device).or_default();
+        if expiry <= *last {
             return Err(ChallengeRefused::Used);
         }
-        if list.len() >= MAX_USED_PER_DEVICE {
-            return Err(ChallengeRefused::TooMany);
-        }
-        list.push(expiry);
+        *last = expiry;
         Ok(())
     }
 
@@ -698,12 +693,6 @@ pub(crate) async fn upgrade(
                 ErrorCode::ChallengeInvalid,
                 StatusCode::UNAUTHORIZED,
                 "challenge unknown, expired or already used; request a new one",
-            ));
-        }
-        Err(ChallengeRefused::TooMany) => {
-            return Err(ApiError::limited(
-                "sessions opened by this device",
-                st.config.session.challenge_ttl,
             ));
         }
     }
@@ -1741,48 +1730,50 @@ mod tests {
         for _ in 0..1000 {
             s.new_challenge(d1, Duration::from_secs(60)).unwrap();
         }
-        assert_eq!(s.challenges.lock().unwrap().by_device[&d1].len(), 1);
+        assert_eq!(s.challenges.lock().unwrap().last.len(), 1);
+        // An older challenge answered after a newer one is refused too.
+        let older = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let newer = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
+        assert_eq!(s.consume_challenge(&newer, &d1), Ok(()));
+        assert_eq!(
+            s.consume_challenge(&older, &d1),
+            Err(ChallengeRefused::Used)
+        );
     }
 
     /// Issue 3: the record of used challenges was one global set with a global bound, so one
     /// registered device answering challenges as fast as it could filled it and locked every
-    /// other device out until they expired. The bound is per device now. Expiries are made up
-    /// here (a challenge is its device and expiry): `consume_challenge` runs after the MAC and
-    /// signature checks, which this test does not need.
+    /// other device out until they expired. (A bound per device then locked out a device
+    /// that reconnected often.) Each device now keeps one number: however many it answers,
+    /// the record does not grow and no device is refused a fresh challenge. Expiries are made
+    /// up here (a challenge is its device and expiry): `consume_challenge` runs after the MAC
+    /// and signature checks, which this test does not need.
     #[test]
-    fn issue3_one_device_cannot_fill_the_used_challenges_of_others() {
+    fn issue3_no_device_fills_the_used_challenges_or_is_locked_out() {
         let s = Sessions::default();
-        let greedy = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
+        let busy = DeviceId::from_signing_key(&SigningKey::from_bytes(&[1; 32]));
         let other = DeviceId::from_signing_key(&SigningKey::from_bytes(&[2; 32]));
-        let far = unix_ms() + 3_600_000;
+        let far = clock_ms() + 3_600_000;
         let challenge = |expiry: u64| {
             let mut c = [0u8; 32];
             c[..8].copy_from_slice(&expiry.to_be_bytes());
             c
         };
-        let mut refused = 0;
         for i in 0..10_000 {
-            if s.consume_challenge(&challenge(far + i), &greedy) == Err(ChallengeRefused::TooMany) {
-                refused += 1;
-            }
+            assert_eq!(s.consume_challenge(&challenge(far + i), &busy), Ok(()));
         }
-        assert_eq!(refused, 10_000 - MAX_USED_PER_DEVICE as u64);
-        // The other device is not affected, and the greedy one holds only its own room.
-        for i in 0..MAX_USED_PER_DEVICE as u64 {
-            assert_eq!(s.consume_challenge(&challenge(far + i), &other), Ok(()));
-        }
-        let used = s.challenges.lock().unwrap();
-        assert_eq!(used.by_device[&greedy].len(), MAX_USED_PER_DEVICE);
-        drop(used);
-        // Expired answers free the room.
-        let s = Sessions::default();
-        let past = unix_ms() - 1;
-        s.challenges
-            .lock()
-            .unwrap()
-            .by_device
-            .insert(greedy, vec![past; MAX_USED_PER_DEVICE]);
-        assert_eq!(s.consume_challenge(&challenge(far), &greedy), Ok(()));
+        assert_eq!(s.consume_challenge(&challenge(far), &other), Ok(()));
+        assert_eq!(s.challenges.lock().unwrap().last.len(), 2);
+        // Replays are refused, for either.
+        assert_eq!(
+            s.consume_challenge(&challenge(far + 9_999), &busy),
+            Err(ChallengeRefused::Used)
+        );
+        assert_eq!(
+            s.consume_challenge(&challenge(far), &other),
+            Err(ChallengeRefused::Used)
+        );
     }
 
     /// Issue 3: a session opened in the instant of a revocation survived it: the directory
