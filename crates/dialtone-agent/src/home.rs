@@ -482,17 +482,7 @@ impl Home {
     /// The transparency log pinned for the directory and the last checkpoint accepted
     /// (`kt.json`), if any.
     pub fn kt_state(&self) -> Result<Option<crate::kt::KtState>, HomeError> {
-        let path = self.path("kt.json");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| HomeError::Corrupt {
-                    path,
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        read_json_if_any(&self.path("kt.json"))
     }
 
     /// Saves the transparency state (`kt.json`, 0600).
@@ -505,17 +495,7 @@ impl Home {
     /// a directory cannot hand back an older list (with a revoked device, or without the lock)
     /// to be signed again.
     pub fn own_list(&self) -> Result<Option<dialtone_proto::devices::DeviceList>, HomeError> {
-        let path = self.path("device-list.json");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| HomeError::Corrupt {
-                    path,
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        read_json_if_any(&self.path("device-list.json"))
     }
 
     /// Records a device list this home's identity key signed and the directory accepted.
@@ -524,6 +504,20 @@ impl Home {
         list: &dialtone_proto::devices::DeviceList,
     ) -> Result<(), HomeError> {
         write_private(&self.path("device-list.json"), &to_json(list))
+    }
+}
+
+/// A JSON file's contents, `None` if there is no such file.
+fn read_json_if_any<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, HomeError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| HomeError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 

@@ -112,23 +112,20 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 }
 
 /// A runtime of its own for bob's agent (and the echo server of the baseline), built as the
-/// `dialtone` binary builds its own: the two sides are then scheduled as two processes would be,
-/// rather than sharing one runtime's workers.
+/// `dialtone` binary builds its own ([`dialtone_agent::runtime`]): the two sides are then
+/// scheduled as two processes would be, rather than sharing one runtime's workers.
 fn second_runtime() -> anyhow::Result<tokio::runtime::Handle> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = dialtone_agent::runtime()?;
     let handle = rt.handle().clone();
     // It lives as long as the process: a runtime must not be dropped inside another's task.
     std::mem::forget(rt);
     Ok(handle)
 }
 
+/// Alice's agent and the measuring loops run on the first runtime, also built as the
+/// `dialtone` binary builds its own.
 fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    dialtone_agent::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -260,7 +260,7 @@ struct UpArgs {
     #[arg(long)]
     lan: bool,
     /// Seconds between checks of your own identifier's key history in the directory's
-    /// transparency log (also checked at every login). Default 30.
+    /// transparency log (also checked at every login). Default 300.
     #[arg(long, value_name = "SECS")]
     kt_monitor_interval: Option<u64>,
 }
@@ -373,10 +373,7 @@ type Result<T = ()> = std::result::Result<T, Fail>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match dialtone_agent::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dialtone: cannot start: {e}");

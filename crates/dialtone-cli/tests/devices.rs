@@ -95,6 +95,16 @@ fn join(new: &Person, code: &str, dir: &Directory, name: &str) -> Run {
     ])
 }
 
+/// Links a new device named "laptop" to `existing`'s account with the code it shows.
+fn link_laptop(existing: &Person, dir: &Directory) -> Person {
+    let laptop = Person::empty(&existing.identifier);
+    let (code, shower, _) = show_code(existing);
+    join(&laptop, &code, dir, "laptop").ok();
+    let (status, err) = finish(shower, Duration::from_secs(60));
+    assert_eq!(status, 0, "device link on the first device failed: {err}");
+    laptop
+}
+
 fn devices_of(p: &Person, who: &str) -> u64 {
     p.contacts()
         .iter()
@@ -121,11 +131,7 @@ fn linked_devices_get_messages_and_revoked_ones_are_shut_out() {
     alice.befriend(&bob);
 
     // Link a laptop with the code the first device shows.
-    let laptop = Person::empty(ALICE);
-    let (code, shower, _) = show_code(&alice);
-    join(&laptop, &code, &dir, "laptop").ok();
-    let (status, err) = finish(shower, Duration::from_secs(60));
-    assert_eq!(status, 0, "device link on the first device failed: {err}");
+    let laptop = link_laptop(&alice, &dir);
     let show = laptop.run(&["id", "show", "--json"]).ok().json();
     assert_eq!(show["identifier"], ALICE);
     assert_eq!(show["linked"], true, "{show}");
@@ -401,11 +407,7 @@ fn a_replayed_older_device_list_is_refused_and_flagged() {
     let bob = Person::online(&dir, BOB);
     alice.befriend(&bob);
 
-    let laptop = Person::empty(ALICE);
-    let (code, shower, _) = show_code(&alice);
-    join(&laptop, &code, &dir, "laptop").ok();
-    let (status, err) = finish(shower, Duration::from_secs(60));
-    assert_eq!(status, 0, "device link on the first device failed: {err}");
+    let laptop = link_laptop(&alice, &dir);
     laptop.up();
     let mut wb = bob.watch();
     wait_until(Duration::from_secs(20), "the laptop reaches bob", || {
@@ -463,9 +465,9 @@ fn a_replayed_older_device_list_is_refused_and_flagged() {
         let r = alice.run(&["device", "list", "--json"]);
         r.code == 0 && {
             let v: Value = serde_json::from_str(&r.stdout).unwrap_or_default();
-            v["list"]["devices"].as_array().is_some_and(|d| {
-                d.len() == 1 && d[0]["name"] == "test-device"
-            })
+            v["list"]["devices"]
+                .as_array()
+                .is_some_and(|d| d.len() == 1 && d[0]["name"] == "test-device")
         }
     });
     laptop
