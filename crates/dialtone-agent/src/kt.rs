@@ -529,14 +529,26 @@ pub(crate) fn fill_pin(inner: &Inner, id: &Identifier, pin: &mut crate::home::Pi
     }
 }
 
-/// Tells the person, once, that this device was revoked.
-pub(crate) fn revoked(inner: &Inner) {
-    let message = format!(
-        "WARNING: this device ({}) is no longer on {}'s device list: it was revoked and can no \
-         longer connect to anyone. If that was not you, revoke the other devices from one you \
-         trust and set a registration lock; to use this device again, link it with `dialtone device link`",
-        inner.cert.name, inner.identifier
-    );
+/// Tells the person, once, that this device was revoked: `proven` when the log's list no
+/// longer names it, otherwise the directory only refused it as unknown (a revocation, or a
+/// directory that lost its records: without a session the log cannot be asked which).
+pub(crate) fn revoked(inner: &Inner, proven: bool) {
+    let (name, id) = (&inner.cert.name, &inner.identifier);
+    let message = if proven {
+        format!(
+            "WARNING: this device ({name}) is no longer on {id}'s device list: it was revoked and can no \
+             longer connect to anyone. If that was not you, revoke the other devices from one you \
+             trust and set a registration lock; to use this device again, link it with `dialtone device link`"
+        )
+    } else {
+        format!(
+            "WARNING: the directory no longer knows this device ({name}): it was revoked from {id}'s \
+             device list (then it can no longer connect to anyone), or the directory lost its records. \
+             Check `dialtone device list` on your device with the identity key; if that was not you, revoke \
+             the other devices and set a registration lock; to use this device again, link it with \
+             `dialtone device link`"
+        )
+    };
     if lock(&inner.kt.alarmed).insert(message.clone()) {
         warn!("this device was revoked");
         inner.emit(Event::Transparency {
@@ -873,7 +885,7 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         && let Some(list) = results.first().and_then(|r| kt_value_list(&r.value.0))
         && !list.contains(&inner.cert.device_id)
     {
-        revoked(inner);
+        revoked(inner, true);
     }
     let foreign = match mine {
         Some(i) => &results[..i],

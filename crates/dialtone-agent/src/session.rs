@@ -114,7 +114,7 @@ pub(crate) async fn run(
             Err(DirectoryError::Refused { body, .. }) => {
                 warn!(error = ?body.error, "directory refused the session: {}", body.message);
                 if body.error == dialtone_proto::directory::ErrorCode::UnknownDevice {
-                    crate::kt::revoked(&inner);
+                    crate::kt::revoked(&inner, false);
                 }
             }
             Err(e) => debug!("directory session failed: {e}"),
