@@ -846,7 +846,7 @@ impl Future for Session {
 
 impl Live {
     /// Waits for the next thing to do. In the order the session minds them: an order to end,
-    /// the device, pushes, the heartbeat.
+    /// the device, the heartbeat, pushes.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         // Checked on every turn, so a steady stream of pushes cannot starve the check.
         if self.last_heard.elapsed() > self.st.config.session.timeout {
@@ -864,13 +864,15 @@ impl Live {
         if self.queue.is_killed() {
             return Poll::Ready(Event::End);
         }
-        if !self.queue.frames().is_empty() {
-            return Poll::Ready(Event::Pushes);
-        }
+        // The ping before the pushes: a queue that never empties must not starve it (the
+        // device's pongs are what keeps its session from timing out).
         if self.ping.as_mut().poll(cx).is_ready() {
             let next = tokio::time::Instant::now() + self.st.config.session.heartbeat;
             self.ping.as_mut().reset(next);
             return Poll::Ready(Event::Ping);
+        }
+        if !self.queue.frames().is_empty() {
+            return Poll::Ready(Event::Pushes);
         }
         Poll::Pending
     }
