@@ -321,13 +321,19 @@ async fn check_audit(
         })?;
         let hashes = cps.iter().map(|c| c.root_hash.0).collect();
         // A proof is the directory's input: a verifier panic on malformed input is a failed
-        // proof, never a dead agent.
-        let verified =
-            AssertUnwindSafe(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
-                .catch_unwind()
-                .await
-                .map_err(|_| "malformed proof".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+        // proof, never a dead agent. Up to MAX_AUDIT_EPOCHS epochs of hashing: on the blocking
+        // pool, so that the agent's one worker keeps serving its sessions meanwhile.
+        let handle = tokio::runtime::Handle::current();
+        let verified = tokio::task::spawn_blocking(move || {
+            handle.block_on(
+                AssertUnwindSafe(akd::auditor::audit_verify::<KtConfiguration>(hashes, proof))
+                    .catch_unwind(),
+            )
+        })
+        .await
+        .map_err(|_| "malformed proof".to_owned())
+        .and_then(|r| r.map_err(|_| "malformed proof".to_owned()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
         verified.map_err(|reason| KtFailure::BadProof {
             what: "append-only",
             reason,

@@ -70,16 +70,21 @@ fn sign_next(
         .ok_or_else(|| anyhow::anyhow!("not registered: run `dialtone register` first"))?;
     // The last list this device signed: the log must not show an older one (a directory
     // replaying an old list would have it signed again, revoked devices and all).
-    let mine = home.own_list().ok().flatten();
-    if let (Some(old), Some(mine)) = (old, &mine)
-        && old.identity_key == mine.identity_key
-        && old.version < mine.version
+    let mine = home.own_list().ok().flatten().filter(|m| {
+        m.identifier == identifier
+            && m.identity_key == dialtone_proto::IdentityKey::from_signing_key(key)
+    });
+    // (A bare key where this device published a list is older too: version 0.)
+    let shown = old.map_or(0, |l| l.version);
+    if let Some(mine) = &mine
+        && old.is_none_or(|o| o.identity_key == mine.identity_key)
+        && shown < mine.version
     {
         return Err(Fail {
             code: 18,
             message: format!(
-                "WARNING: the directory's log shows an older device list (version {}) than the one this device published last (version {}): it may be replaying an old list. Nothing was changed; tell the directory's operator",
-                old.version, mine.version
+                "WARNING: the directory's log shows an older device list (version {shown}) than the one this device published last (version {}): it may be replaying an old list. Nothing was changed; tell the directory's operator. If it really lost its records (a restored backup), `dialtone register` and `dialtone verify` publish your list again",
+                mine.version
             ),
         });
     }
@@ -157,26 +162,37 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
         super::printable(&name),
         device.short()
     );
-    let (old, mut entries, _) = current(home).await?;
-    if entries.iter().any(|e| e.name == name) {
-        let _ = call(home, "devices.link_cancel", json!({})).await;
-        return Err(Fail {
-            code: 2,
-            message: format!(
-                "a device named {name:?} exists already: link again and pick another --name on the new device"
-            ),
+    // Whatever stops the link here, the new device is told at once (it is waiting).
+    let prepared = async {
+        let (old, mut entries, _) = current(home).await?;
+        if entries.iter().any(|e| e.name == name) {
+            return Err(Fail {
+                code: 2,
+                message: format!(
+                    "a device named {name:?} exists already: link again and pick another --name on the new device"
+                ),
+            });
+        }
+        entries.push(DeviceEntry {
+            device_id: device,
+            name: name.clone(),
+            added_at: now(),
         });
+        let list = sign_next(&key, home, old.as_ref(), entries, None)?;
+        let cert = DeviceCertificate::issue(&key, device, &name, now()).map_err(|e| Fail {
+            code: 2,
+            message: e.to_string(),
+        })?;
+        Ok((list, cert))
     }
-    entries.push(DeviceEntry {
-        device_id: device,
-        name: name.clone(),
-        added_at: now(),
-    });
-    let list = sign_next(&key, home, old.as_ref(), entries, None)?;
-    let cert = DeviceCertificate::issue(&key, device, &name, now()).map_err(|e| Fail {
-        code: 2,
-        message: e.to_string(),
-    })?;
+    .await;
+    let (list, cert) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = call(home, "devices.link_cancel", json!({})).await;
+            return Err(e);
+        }
+    };
     call(
         home,
         "devices.link_finish",

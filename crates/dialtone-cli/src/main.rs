@@ -854,15 +854,18 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
         });
     }
     let mut child = cmd.spawn().context("cannot start the agent")?;
+    let exited = |status: std::process::ExitStatus| -> Fail {
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let last: Vec<&str> = tail.lines().rev().take(5).collect();
+        anyhow::anyhow!(
+            "the agent exited ({status}):\n{}",
+            last.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+        .into()
+    };
     for _ in 0..150 {
         if let Some(status) = child.try_wait().context("agent")? {
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last: Vec<&str> = tail.lines().rev().take(5).collect();
-            return Err(anyhow::anyhow!(
-                "the agent exited ({status}):\n{}",
-                last.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-            .into());
+            return Err(exited(status));
         }
         if Client::connect(&home.socket_path()).await.is_ok() {
             println!(
@@ -873,7 +876,10 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
             // Return once online (presence published, contacts synced), so that the next
             // command finds us reachable; a directory out of reach is not an error (and in
             // LAN mode, not waited for).
-            if !args.lan && !wait_online(home, Duration::from_secs(10)).await {
+            if !args.lan && !wait_online(home, &mut child, Duration::from_secs(10)).await {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(exited(status));
+                }
                 println!(
                     "not connected to the directory yet: the agent keeps trying (`dialtone status` shows it)"
                 );
@@ -889,10 +895,13 @@ async fn detach(home: &Home, args: &UpArgs) -> Result {
     .into())
 }
 
-/// Waits up to `limit` until the agent's directory session is up.
-async fn wait_online(home: &Home, limit: Duration) -> bool {
+/// Waits up to `limit` until the agent's directory session is up (not once it exited).
+async fn wait_online(home: &Home, agent: &mut std::process::Child, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
+        if !matches!(agent.try_wait(), Ok(None)) {
+            return false;
+        }
         if let Ok(st) = call(home, "agent.status", json!({})).await
             && st["directory_connected"].as_bool() == Some(true)
         {
