@@ -2,7 +2,7 @@
 
 use dialtone_agent::{DirectoryClient, Home, home::Settings, link};
 use dialtone_proto::{
-    DeviceCertificate, DeviceId,
+    DeviceCertificate, DeviceId, Identifier, IdentityKey,
     devices::{DeviceEntry, DeviceList, DeviceListContent},
     directory::check_pin,
 };
@@ -50,6 +50,19 @@ async fn current(home: &Home) -> Result<(Option<DeviceList>, Vec<DeviceEntry>, D
     Ok((list, entries, me))
 }
 
+/// The list this device published last for `identifier` under `key` (see
+/// [`Home::own_list`]), if it has one and it is intact.
+pub(super) fn last_published(
+    home: &Home,
+    identifier: &Identifier,
+    key: &IdentityKey,
+) -> Option<DeviceList> {
+    home.own_list()
+        .ok()
+        .flatten()
+        .filter(|l| l.verify().is_ok() && l.identity_key == *key && l.identifier == *identifier)
+}
+
 /// Keeps the list just published as this device's last (see [`Home::own_list`]).
 pub(super) fn remember(home: &Home, list: &DeviceList) {
     if let Err(e) = home.save_own_list(list) {
@@ -70,10 +83,7 @@ fn sign_next(
         .ok_or_else(|| anyhow::anyhow!("not registered: run `dialtone register` first"))?;
     // The last list this device signed: the log must not show an older one (a directory
     // replaying an old list would have it signed again, revoked devices and all).
-    let mine = home.own_list().ok().flatten().filter(|m| {
-        m.identifier == identifier
-            && m.identity_key == dialtone_proto::IdentityKey::from_signing_key(key)
-    });
+    let mine = last_published(home, &identifier, &IdentityKey::from_signing_key(key));
     // (A bare key where this device published a list is older too: version 0.)
     let shown = old.map_or(0, |l| l.version);
     if let Some(mine) = &mine

@@ -638,11 +638,7 @@ async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &PinArgs) ->
     // The list to start from: the newer of the one this device signed last and the one the
     // directory shows (its answer carries no proof: it could be an older list of ours, with a
     // revoked device or without the lock, for us to sign again).
-    let mine = home
-        .own_list()
-        .ok()
-        .flatten()
-        .filter(|l| l.verify().is_ok() && l.identity_key == ik && l.identifier == identifier);
+    let mine = devices::last_published(home, &identifier, &ik);
     let mut entries = Vec::new();
     let mut previous_version = mine.as_ref().map(|l| l.version);
     let mut other_key_locked = false;

@@ -27,6 +27,18 @@ fn transparency(w: &mut Watch, kind: &str, within: Duration) -> Value {
 }
 
 /// The epoch of the checkpoint an agent holds (`kt.json` in its home).
+/// Makes alice and bob contacts and has bob's first message reach alice; returns alice's
+/// watch.
+fn befriend_and_talk(alice: &Person, bob: &Person) -> Watch {
+    alice.befriend(bob);
+    let mut wa = alice.watch();
+    bob.run(&["send", ALICE, "before"]).ok();
+    wa.expect("the first message", Duration::from_secs(5), |e| {
+        e["body"] == "before"
+    });
+    wa
+}
+
 fn held_epoch(p: &Person) -> Option<u64> {
     let text = std::fs::read_to_string(p.home.join("kt.json")).ok()?;
     serde_json::from_str::<Value>(&text).ok()?["checkpoint"]["epoch"].as_u64()
@@ -116,12 +128,7 @@ fn key_replaced_without_verification_is_flagged() {
     let alice = Person::registered(&dir, ALICE);
     alice.up_with(&["--kt-monitor-interval", "1"]);
     let bob = Person::online(&dir, BOB);
-    alice.befriend(&bob);
-    let mut wa = alice.watch();
-    bob.run(&["send", ALICE, "before"]).ok();
-    wa.expect("the first message", Duration::from_secs(5), |e| {
-        e["body"] == "before"
-    });
+    let mut wa = befriend_and_talk(&alice, &bob);
     let mut wb = bob.watch();
     dir.set_lie(json!({"mode": "replace-key", "target": ALICE}));
     let w = transparency(&mut wa, "own-key-replaced", Duration::from_secs(15));
@@ -161,12 +168,7 @@ fn key_replaced_despite_the_registration_lock_is_flagged_as_bypassed() {
         .ok();
     alice.up();
     let bob = Person::online(&dir, BOB);
-    alice.befriend(&bob);
-    let mut wa = alice.watch();
-    bob.run(&["send", ALICE, "before"]).ok();
-    wa.expect("the first message", Duration::from_secs(5), |e| {
-        e["body"] == "before"
-    });
+    let mut wa = befriend_and_talk(&alice, &bob);
     let mut wb = bob.watch();
     dir.set_lie(json!({"mode": "replace-key", "target": ALICE}));
     alice.run(&["status", "set", "away"]).ok();

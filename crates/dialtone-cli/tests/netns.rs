@@ -55,6 +55,20 @@ fn matrix(
 
 /// With a direct path over each family, the connection ends on IPv6 (DESIGN.md §1.5), whichever
 /// family hole punching opened first.
+/// Waits until alice's agent, in LAN mode, sees bob's on the LAN.
+fn alice_sees_bob_on_the_lan(scene: &Scene) {
+    dialtone_testkit::wait_until(
+        Duration::from_secs(15),
+        "alice to see bob on the LAN",
+        || {
+            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
+            peers
+                .as_array()
+                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
+        },
+    );
+}
+
 fn assert_ipv6(o: Option<Outcome>) {
     if let Some(o) = o {
         assert!(
@@ -306,16 +320,7 @@ fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
         p.down();
         p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
     }
-    dialtone_testkit::wait_until(
-        Duration::from_secs(15),
-        "alice to see bob on the LAN",
-        || {
-            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
-            peers
-                .as_array()
-                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
-        },
-    );
+    alice_sees_bob_on_the_lan(&scene);
     let mut w = scene.bob.watch();
     scene.alice.run(&["send", BOB, "no directory needed"]).ok();
     w.expect("the LAN message", Duration::from_secs(10), |e| {
@@ -367,16 +372,7 @@ fn netns_lan_mode_refuses_a_removed_contact() {
     for p in [&scene.alice, &scene.bob] {
         p.run(&["up", "--detach", "--no-portmapper", "--lan"]).ok();
     }
-    dialtone_testkit::wait_until(
-        Duration::from_secs(15),
-        "alice to see bob on the LAN",
-        || {
-            let peers = scene.alice.run(&["lan", "--json"]).ok().json();
-            peers
-                .as_array()
-                .is_some_and(|v| v.iter().any(|p| p["contact"] == BOB))
-        },
-    );
+    alice_sees_bob_on_the_lan(&scene);
     let mut alice_events = scene.alice.watch();
     let mut bob_events = scene.bob.watch();
     scene

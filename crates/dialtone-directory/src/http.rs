@@ -500,11 +500,16 @@ async fn register_confirm(
     let (replaced, removed) = st
         .store
         .run(move |c| {
-            // Devices other than the new one stay only if they are registered under this
-            // key already (a re-registration with the same key keeps its other devices).
+            // A re-registration with the same key, and the list it published (if any).
+            let same_key = q::account(c, &id)?.is_some_and(|a| a.identity_key == key);
+            let published = if same_key {
+                q::device_list(c, &id)?
+            } else {
+                None
+            };
             if let Some(list) = &list {
-                let current = q::account(c, &id)?;
-                let same_key = current.is_some_and(|a| a.identity_key == key);
+                // Devices other than the new one stay only if they are registered under this
+                // key already (a re-registration with the same key keeps its other devices).
                 let registered = if same_key {
                     q::devices(c, &id)?
                 } else {
@@ -520,30 +525,29 @@ async fn register_confirm(
                         )));
                     }
                 }
-                if same_key
-                    && let Some(old) = q::device_list(c, &id)?
+                if let Some(old) = &published
                     && old.version >= list.version
                 {
                     return Err(StoreError::Invalid(
                         "the device list is older than the published one".into(),
                     ));
                 }
+                // How a key was bound stays with it: without a PIN now, only a key that was
+                // bound with one may say so.
+                if list.unlocked_with_pin
+                    && !pin_given
+                    && !published.as_ref().is_some_and(|l| l.unlocked_with_pin)
+                {
+                    return Err(StoreError::Invalid(
+                        "the device list says it was unlocked with a PIN, but no lock was opened"
+                            .into(),
+                    ));
+                }
             }
-            if let Some(list) = &list
-                && list.unlocked_with_pin
-                && !pin_given
-                && !(q::account(c, &id)?.is_some_and(|a| a.identity_key == key)
-                    && q::device_list(c, &id)?.is_some_and(|l| l.unlocked_with_pin))
-            {
-                return Err(StoreError::Invalid(
-                    "the device list says it was unlocked with a PIN, but no lock was opened"
-                        .into(),
-                ));
-            }
+            // A lock asked for without a PIN: only the same key keeping the lock it has.
             if matches!(lock, LockChange::Keep)
                 && !pin_given
-                && !(q::account(c, &id)?.is_some_and(|a| a.identity_key == key)
-                    && q::lock(c, &id)?.and_then(|l| l.hash).is_some())
+                && !(same_key && q::lock(c, &id)?.and_then(|l| l.hash).is_some())
             {
                 return Err(StoreError::Invalid(
                     "the device list turns on a registration lock but gives no PIN".into(),

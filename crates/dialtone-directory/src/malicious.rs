@@ -33,7 +33,10 @@ use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::kt::{FileVrf, KtConfiguration, KtError, Transparency};
+use crate::{
+    kt::{FileVrf, KtConfiguration, KtError, Transparency},
+    store::q,
+};
 
 /// A lie.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -185,11 +188,7 @@ pub(crate) async fn apply(t: &Transparency, lie: Lie) -> Result<(), KtError> {
                     "UPDATE accounts SET identity_key = ?1, updated_at = ?2 WHERE identifier = ?3",
                     rusqlite::params![&key.to_bytes()[..], now as i64, id.as_str()],
                 )?;
-                c.execute(
-                    "INSERT OR REPLACE INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![id.as_str(), kt_value(&key), now as i64],
-                )?;
-                Ok(())
+                q::queue_kt(c, &id, &kt_value(&key), now as i64)
             })
             .await?;
         t.notify();
@@ -218,11 +217,7 @@ pub(crate) async fn apply(t: &Transparency, lie: Lie) -> Result<(), KtError> {
                         rusqlite::params![id.as_str(), String::from_utf8_lossy(json)],
                     )?;
                 }
-                c.execute(
-                    "INSERT OR REPLACE INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![id.as_str(), old, now as i64],
-                )?;
-                Ok(())
+                q::queue_kt(c, &id, &old, now as i64)
             })
             .await?;
         t.notify();

@@ -233,13 +233,6 @@ struct UsedChallenges {
     sweep_at: usize,
 }
 
-/// Why an answered challenge was not taken.
-#[derive(Debug, PartialEq, Eq)]
-enum ChallengeRefused {
-    /// Answered before (a replay), or older than one the device answered since.
-    Used,
-}
-
 /// The presence registry and the outstanding session challenges.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
@@ -339,11 +332,11 @@ impl Sessions {
         same && expiry > clock_ms()
     }
 
-    /// Uses up a checked challenge of `device` once its signature verified: refused if the
-    /// device answered this one, or a newer one, before. Only the device's key holder gets
+    /// Uses up a checked challenge of `device` once its signature verified; `false` (refused)
+    /// if the device answered this one, or a newer one, before: a replay. Only the device's key holder gets
     /// here, and it keeps one number for itself however often it logs in: no device can take
     /// room another one needs, and none is ever locked out (it asks for a new challenge).
-    fn consume_challenge(&self, c: &[u8; 32], device: &DeviceId) -> Result<(), ChallengeRefused> {
+    fn consume_challenge(&self, c: &[u8; 32], device: &DeviceId) -> bool {
         let mut exp = [0u8; 8];
         exp.copy_from_slice(&c[..8]);
         let expiry = u64::from_be_bytes(exp);
@@ -360,10 +353,10 @@ impl Sessions {
         }
         let last = used.last.entry(*device).or_default();
         if expiry <= *last {
-            return Err(ChallengeRefused::Used);
+            return false;
         }
         *last = expiry;
-        Ok(())
+        true
     }
 
     /// The revocation count now: taken before a new session's device is looked up, and
@@ -686,15 +679,12 @@ pub(crate) async fn upgrade(
     }
     // Only the device's key holder uses a challenge up, and only its own room in the record
     // of used ones; a replayed answer is refused here.
-    match st.sessions.consume_challenge(&ch, &device) {
-        Ok(()) => {}
-        Err(ChallengeRefused::Used) => {
-            return Err(bad(
-                ErrorCode::ChallengeInvalid,
-                StatusCode::UNAUTHORIZED,
-                "challenge unknown, expired or already used; request a new one",
-            ));
-        }
+    if !st.sessions.consume_challenge(&ch, &device) {
+        return Err(bad(
+            ErrorCode::ChallengeInvalid,
+            StatusCode::UNAUTHORIZED,
+            "challenge unknown, expired or already used; request a new one",
+        ));
     }
     // Before the device is looked up: see `Sessions::register`.
     let mark = st.sessions.revocation_mark();
@@ -1720,12 +1710,8 @@ mod tests {
         let mut forged = c;
         forged[0] ^= 1; // a later expiry
         assert!(!s.check_challenge(&forged, &d1));
-        assert_eq!(s.consume_challenge(&c, &d1), Ok(()));
-        assert_eq!(
-            s.consume_challenge(&c, &d1),
-            Err(ChallengeRefused::Used),
-            "single use"
-        );
+        assert!(s.consume_challenge(&c, &d1));
+        assert!(!s.consume_challenge(&c, &d1), "single use");
         let c = s.new_challenge(d1, Duration::ZERO).unwrap();
         assert!(!s.check_challenge(&c, &d1), "expired");
         // Issuing keeps nothing.
@@ -1737,11 +1723,8 @@ mod tests {
         let older = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
         std::thread::sleep(Duration::from_millis(2));
         let newer = s.new_challenge(d1, Duration::from_secs(60)).unwrap();
-        assert_eq!(s.consume_challenge(&newer, &d1), Ok(()));
-        assert_eq!(
-            s.consume_challenge(&older, &d1),
-            Err(ChallengeRefused::Used)
-        );
+        assert!(s.consume_challenge(&newer, &d1));
+        assert!(!s.consume_challenge(&older, &d1));
     }
 
     /// Issue 3: the record of used challenges was one global set with a global bound, so one
@@ -1763,19 +1746,13 @@ mod tests {
             c
         };
         for i in 0..10_000 {
-            assert_eq!(s.consume_challenge(&challenge(far + i), &busy), Ok(()));
+            assert!(s.consume_challenge(&challenge(far + i), &busy));
         }
-        assert_eq!(s.consume_challenge(&challenge(far), &other), Ok(()));
+        assert!(s.consume_challenge(&challenge(far), &other));
         assert_eq!(s.challenges.lock().unwrap().last.len(), 2);
         // Replays are refused, for either.
-        assert_eq!(
-            s.consume_challenge(&challenge(far + 9_999), &busy),
-            Err(ChallengeRefused::Used)
-        );
-        assert_eq!(
-            s.consume_challenge(&challenge(far), &other),
-            Err(ChallengeRefused::Used)
-        );
+        assert!(!s.consume_challenge(&challenge(far + 9_999), &busy));
+        assert!(!s.consume_challenge(&challenge(far), &other));
     }
 
     /// Issue 3: a session opened in the instant of a revocation survived it: the directory

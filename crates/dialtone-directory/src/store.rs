@@ -451,6 +451,22 @@ pub(crate) mod q {
         Ok(())
     }
 
+    /// Queues `value` as the identifier's next value in the transparency log (published at
+    /// the next epoch; a value queued earlier and not yet published is replaced).
+    pub(crate) fn queue_kt(
+        c: &Connection,
+        id: &Identifier,
+        value: &[u8],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        c.execute(
+            "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
+            params![id.as_str(), value, now],
+        )?;
+        Ok(())
+    }
+
     /// Records that a device of the account was online now (a session opened or closed, or
     /// one is open: see `sessions::SEEN_REFRESH`).
     pub(crate) fn seen(c: &Connection, id: &Identifier, now: u64) -> Result<(), StoreError> {
@@ -511,14 +527,11 @@ pub(crate) mod q {
                 )?;
             }
         }
-        tx.execute(
-            "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
-            params![
-                id.as_str(),
-                dialtone_proto::transparency::kt_value_devices(list),
-                now
-            ],
+        queue_kt(
+            tx,
+            id,
+            &dialtone_proto::transparency::kt_value_devices(list),
+            now,
         )?;
         Ok(removed)
     }
@@ -576,10 +589,11 @@ pub(crate) mod q {
         )?;
         if old.is_none() || replaced {
             // The new binding goes into the transparency log at the next epoch.
-            tx.execute(
-                "INSERT INTO kt_pending (identifier, value, queued_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(identifier) DO UPDATE SET value = excluded.value, queued_at = excluded.queued_at",
-                params![id.as_str(), dialtone_proto::transparency::kt_value(key), now as i64],
+            queue_kt(
+                tx,
+                id,
+                &dialtone_proto::transparency::kt_value(key),
+                now as i64,
             )?;
         }
         Ok((replaced, removed))
