@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A clean clone gains nothing from incremental compilation, and its caches would double the
+# build's size on disk (a CI run once stopped with "No space left on device").
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free on " $6}')"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -15,8 +19,9 @@ cargo fmt --all -- --check
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
 # The lying directory of the malicious-directory tests: its own binary name, so the ordinary
-# dialtone-directory binary is never built with the `malicious` feature.
-cargo build -p dialtone-directory --features malicious --bin dialtone-directory-malicious
+# dialtone-directory binary is never built with the `malicious` feature. `--workspace` keeps
+# the dependencies' features those of the build above, so none of them is compiled twice.
+cargo build --workspace --bin dialtone-directory-malicious --features dialtone-directory/malicious
 
 echo "== doctests"
 cargo test --workspace --doc --quiet
