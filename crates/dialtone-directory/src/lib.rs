@@ -223,7 +223,7 @@ impl Server {
         });
         let cancel = CancellationToken::new();
         let publisher = tokio::spawn(kt.run(cancel.clone()));
-        let seen = tokio::spawn(sessions::keep_seen(state.clone(), cancel.clone()));
+        let housekeeping = tokio::spawn(sessions::housekeeping(state.clone(), cancel.clone()));
         let router = http::router(state.clone());
         let dead_link = state.config.session.dead_link;
         let accept = tokio::spawn(accept_loop(
@@ -236,7 +236,7 @@ impl Server {
         let task = tokio::spawn(async move {
             let _ = accept.await;
             let _ = publisher.await;
-            let _ = seen.await;
+            let _ = housekeeping.await;
         });
         info!(%url, "directory listening");
         if let Some((r, _)) = &relay {

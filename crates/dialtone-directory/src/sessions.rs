@@ -38,7 +38,7 @@ use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::debug;
+use tracing::{debug, warn};
 use tungstenite::Utf8Bytes;
 
 use crate::{
@@ -469,11 +469,29 @@ impl Sessions {
         }
     }
 
+    /// Removes the sessions whose task ended without closing them (a bug made it panic: its
+    /// [`Live`], the only other holder of the push queue, was dropped), and returns who lost
+    /// a device. Without this such a device would show online until the directory restarts;
+    /// it costs no memory per session, only a walk over the registry.
+    fn sweep_orphans(&self) -> Vec<Identifier> {
+        let mut map = self.lock();
+        let mut gone = Vec::new();
+        map.retain(|who, list| {
+            let before = list.len();
+            list.retain(|d| Arc::strong_count(&d.queue) > 1);
+            if list.len() != before {
+                gone.push(who.clone());
+            }
+            !list.is_empty()
+        });
+        gone
+    }
+
     /// Tells the accepted contacts of `subject` its presence now.
-    async fn fan_out(&self, st: &AppState, account: &Account) {
+    async fn fan_out(&self, st: &AppState, subject: &Identifier) {
         // The binding as stored now (it may have changed since the session began), with the
         // watchers, in one store call.
-        let s2 = account.identifier.clone();
+        let s2 = subject.clone();
         let Ok(Some((account, watchers))) = st
             .store
             .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
@@ -545,16 +563,40 @@ pub(crate) async fn refresh_seen(st: &AppState) {
     }
 }
 
-/// Runs [`refresh_seen`] every [`SEEN_REFRESH`] until `cancel`.
-pub(crate) async fn keep_seen(st: Arc<AppState>, cancel: CancellationToken) {
-    let start = tokio::time::Instant::now() + SEEN_REFRESH;
-    let mut every = tokio::time::interval_at(start, SEEN_REFRESH);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Ends what [`Sessions::sweep_orphans`] finds as [`close`] would have: the account was seen
+/// now, and its contacts are told.
+async fn sweep(st: &AppState) {
+    let gone = st.sessions.sweep_orphans();
+    if gone.is_empty() {
+        return;
+    }
+    warn!(
+        accounts = gone.len(),
+        "removed sessions whose task ended without closing them"
+    );
+    let now = now_secs();
+    for who in &gone {
+        let w = who.clone();
+        let _ = st.store.run(move |c| q::seen(c, &w, now)).await;
+        st.sessions.fan_out(st, who).await;
+    }
+}
+
+/// Until `cancel`: runs [`refresh_seen`] every [`SEEN_REFRESH`], and [`sweep`] every
+/// heartbeat.
+pub(crate) async fn housekeeping(st: Arc<AppState>, cancel: CancellationToken) {
+    let now = tokio::time::Instant::now();
+    let mut seen = tokio::time::interval_at(now + SEEN_REFRESH, SEEN_REFRESH);
+    seen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat = st.config.session.heartbeat.max(Duration::from_secs(1));
+    let mut orphans = tokio::time::interval_at(now + heartbeat, heartbeat);
+    orphans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            _ = every.tick() => refresh_seen(&st).await,
+            _ = seen.tick() => refresh_seen(&st).await,
+            _ = orphans.tick() => sweep(&st).await,
         }
     }
 }
@@ -1034,7 +1076,7 @@ async fn close(live: Live, code: Option<u16>) -> Option<Live> {
     debug!(session = id, "session closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.send_close(code)).await;
     if removed {
-        Box::pin(st.sessions.fan_out(&st, &ctx.account)).await;
+        Box::pin(st.sessions.fan_out(&st, &ctx.account.identifier)).await;
     }
     // Then wait (briefly) for the other end to close, so that the close frame is not lost to
     // a reset; not when the directory stops. Boxed: rare, and its read buffer should not weigh
@@ -1196,7 +1238,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                 }
             };
             if changed {
-                st.sessions.fan_out(st, &ctx.account).await;
+                st.sessions.fan_out(st, &ctx.account.identifier).await;
             }
             Ok(Reply::Done)
         }
@@ -1797,5 +1839,39 @@ mod tests {
         // Looked up after all of them: joins.
         let mark = s.revocation_mark();
         assert!(s.register(&a.identifier, device(&sk, 40, None), mark));
+    }
+
+    /// A session whose task failed (a panic drops its [`Live`] without closing it) stayed in
+    /// the registry, and its person showed online until the directory restarted. The sweep
+    /// removes exactly the sessions nobody serves any more, and says whose they were.
+    #[test]
+    fn sessions_whose_task_is_gone_are_swept() {
+        let s = Sessions::default();
+        let (a, sk) = account(5);
+        let (b, skb) = account(6);
+        let served = device(&sk, 50, Some(PresenceState::Online));
+        let orphan = device(&sk, 51, Some(PresenceState::Online));
+        let alone = device(&skb, 60, Some(PresenceState::Online));
+        // What the sessions' tasks hold; the orphans' tasks have dropped theirs.
+        let live = served.queue.clone();
+        for (who, d) in [(&a, served), (&a, orphan), (&b, alone)] {
+            let mark = s.revocation_mark();
+            assert!(s.register(&who.identifier, d, mark));
+        }
+        assert_eq!(s.count(), 3);
+
+        let mut gone = s.sweep_orphans();
+        gone.sort();
+        let mut want = vec![a.identifier.clone(), b.identifier.clone()];
+        want.sort();
+        assert_eq!(gone, want);
+        assert_eq!(s.count(), 1);
+        assert!(s.is_online(&a.identifier));
+        assert!(!s.is_online(&b.identifier));
+        // Nothing more to sweep while the task lives; once it is gone, so is the session.
+        assert!(s.sweep_orphans().is_empty());
+        drop(live);
+        assert_eq!(s.sweep_orphans(), vec![a.identifier.clone()]);
+        assert_eq!(s.count(), 0);
     }
 }
