@@ -542,8 +542,13 @@ impl Sessions {
 /// transaction so that the store is never held for long.
 pub(crate) async fn refresh_seen(st: &AppState) {
     let online: Vec<Identifier> = st.sessions.lock().keys().cloned().collect();
+    write_seen(st, &online).await;
+}
+
+/// Writes `last_seen` now for `accounts`, a thousand per transaction.
+async fn write_seen(st: &AppState, accounts: &[Identifier]) {
     let now = now_secs();
-    for chunk in online.chunks(1000) {
+    for chunk in accounts.chunks(1000) {
         let chunk = chunk.to_vec();
         let written = st
             .store
@@ -574,10 +579,10 @@ async fn sweep(st: &AppState) {
         accounts = gone.len(),
         "removed sessions whose task ended without closing them"
     );
-    let now = now_secs();
+    // Written just after they left the registry (`close` writes before): the hourly refresh
+    // keeps last_seen within an hour meanwhile, far inside the lock's lapse.
+    write_seen(st, &gone).await;
     for who in &gone {
-        let w = who.clone();
-        let _ = st.store.run(move |c| q::seen(c, &w, now)).await;
         st.sessions.fan_out(st, who).await;
     }
 }
@@ -588,6 +593,7 @@ pub(crate) async fn housekeeping(st: Arc<AppState>, cancel: CancellationToken) {
     let now = tokio::time::Instant::now();
     let mut seen = tokio::time::interval_at(now + SEEN_REFRESH, SEEN_REFRESH);
     seen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A config built in code skips `Config::from_toml`'s check; a zero period would panic.
     let heartbeat = st.config.session.heartbeat.max(Duration::from_secs(1));
     let mut orphans = tokio::time::interval_at(now + heartbeat, heartbeat);
     orphans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
