@@ -1,11 +1,9 @@
 //! Malicious-directory tests: the real `dialtone` agents against
-//! `dialtone-directory-malicious`, a build of the directory that lies (see
-//! `dialtone_directory::malicious`). Each lie must end in a clear, user-visible warning and no
-//! message delivered to a key that is not the recipient's.
+//! `dialtone-directory-malicious`, the directory with a lying view (crate
+//! `dialtone-directory-malicious`, `publish = false`). Each lie must end in a clear,
+//! user-visible warning and no message delivered to a key that is not the recipient's.
 //!
-//! Build the binaries first: `cargo build --bins` and
-//! `cargo build -p dialtone-directory --features malicious --bin dialtone-directory-malicious`
-//! (`scripts/test.sh` does both).
+//! Build the binaries first: `cargo build --workspace --bins` (`scripts/test.sh` does).
 
 use std::time::Duration;
 

@@ -42,10 +42,6 @@ pub struct Config {
     pub relay: Option<RelaySection>,
     /// Key transparency: epoch timing.
     pub transparency: TransparencyConfig,
-    /// The lie this directory tells (malicious test build only; never from a file).
-    #[cfg(feature = "malicious")]
-    #[serde(skip)]
-    pub lie: Option<crate::malicious::Lie>,
 }
 
 /// `[relay]`: run a relay beside the directory and tell agents its URL (`/v1/info`).
@@ -187,8 +183,6 @@ impl Default for Config {
             sms: None,
             relay: None,
             transparency: TransparencyConfig::default(),
-            #[cfg(feature = "malicious")]
-            lie: None,
         }
     }
 }
@@ -309,6 +303,10 @@ pub struct Limits {
     pub requests_per_ip: Limit,
     /// Requests per session (everything but pings). Default 100, then 20 per second.
     pub session_requests: Limit,
+    /// Contact requests per requesting account, over all its sessions. Default 20, then one
+    /// per 30 s: enough for a person adding their contacts, not for sweeping a list of
+    /// identifiers.
+    pub contact_requests_per_account: Limit,
 }
 
 impl Default for Limits {
@@ -329,6 +327,7 @@ impl Default for Limits {
                 burst: 100,
                 every: Duration::from_millis(50),
             },
+            contact_requests_per_account: Limit::new(20, 30),
         }
     }
 }

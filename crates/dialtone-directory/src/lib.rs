@@ -26,15 +26,15 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod channel;
+pub mod cli;
 pub mod config;
 mod http;
 pub mod kt;
-#[cfg(feature = "malicious")]
-pub mod malicious;
 pub mod provision;
 mod reglock;
 mod sessions;
 mod store;
+pub mod view;
 mod ws;
 
 use std::{
@@ -112,6 +112,7 @@ pub(crate) struct Limits {
     register_global: Limiter<()>,
     confirm_ip: Limiter<IpAddr>,
     requests_ip: Limiter<IpAddr>,
+    contact_requests: Limiter<Identifier>,
 }
 
 /// Shared state of the running server.
@@ -141,17 +142,75 @@ pub struct Server {
     )>,
 }
 
+/// How a [`Server`] is put together before it binds: its configuration, and what may be
+/// plugged into its seams (verification channels, the [`view::View`] of its answers, extra
+/// routes).
+#[derive(Debug)]
+pub struct ServerBuilder {
+    config: Config,
+    channels: Option<Channels>,
+    view: view::ViewHandle,
+    routes: Option<axum::Router>,
+}
+
+impl ServerBuilder {
+    /// Verification channels instead of those the configuration names.
+    pub fn channels(mut self, channels: Channels) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    /// What the server shows whoever asks (default [`view::Honest`]).
+    pub fn view(mut self, view: Arc<dyn view::View>) -> Self {
+        self.view = view::ViewHandle(view);
+        self
+    }
+
+    /// More routes, served beside the directory's own (they must not overlap them).
+    pub fn routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Opens the store, binds the listener and starts serving.
+    pub async fn bind(self) -> Result<Server, BindError> {
+        let channels = match self.channels {
+            Some(c) => c,
+            None => Channels::from_config(&self.config)
+                .map_err(|e| BindError::Channel(e.to_string()))?,
+        };
+        Server::start(self.config, channels, self.view, self.routes).await
+    }
+}
+
 impl Server {
+    /// A builder for a server with `config`.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            channels: None,
+            view: view::ViewHandle::default(),
+            routes: None,
+        }
+    }
+
     /// Opens the store, binds the listener and starts serving, with the verification
     /// channels the configuration names (outbox, `[smtp]`, `[sms]`).
     pub async fn bind(config: Config) -> Result<Self, BindError> {
-        let channels =
-            Channels::from_config(&config).map_err(|e| BindError::Channel(e.to_string()))?;
-        Self::bind_with_channels(config, channels).await
+        Self::builder(config).bind().await
     }
 
     /// Like [`Server::bind`], with explicit verification channels.
     pub async fn bind_with_channels(config: Config, channels: Channels) -> Result<Self, BindError> {
+        Self::builder(config).channels(channels).bind().await
+    }
+
+    async fn start(
+        config: Config,
+        channels: Channels,
+        view: view::ViewHandle,
+        routes: Option<axum::Router>,
+    ) -> Result<Self, BindError> {
         let tls = match &config.tls {
             Some(t) => Some(tls_acceptor(t)?),
             None => {
@@ -180,8 +239,7 @@ impl Server {
             store.clone(),
             &config.data_dir,
             config.transparency.clone(),
-            #[cfg(feature = "malicious")]
-            config.lie.clone(),
+            view.0.clone(),
         )
         .await?;
         let listener =
@@ -204,6 +262,7 @@ impl Server {
             register_global: Mutex::new(RateLimiter::new(l.register_global.rule())),
             confirm_ip: Mutex::new(RateLimiter::new(l.confirm_per_ip.rule())),
             requests_ip: Mutex::new(RateLimiter::new(l.requests_per_ip.rule())),
+            contact_requests: Mutex::new(RateLimiter::new(l.contact_requests_per_account.rule())),
         };
         let public_url = config
             .public_url
@@ -215,7 +274,7 @@ impl Server {
             config,
             store,
             channels,
-            sessions: sessions::Sessions::default(),
+            sessions: sessions::Sessions::new(view),
             limits,
             public_url,
             relay: relay_info,
@@ -224,7 +283,7 @@ impl Server {
         let cancel = CancellationToken::new();
         let publisher = tokio::spawn(kt.run(cancel.clone()));
         let housekeeping = tokio::spawn(sessions::housekeeping(state.clone(), cancel.clone()));
-        let router = http::router(state.clone());
+        let router = http::router(state.clone(), routes);
         let dead_link = state.config.session.dead_link;
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -271,7 +330,7 @@ impl Server {
     pub async fn checkpoint(
         &self,
     ) -> Result<dialtone_proto::transparency::Checkpoint, kt::KtError> {
-        self.state.kt.checkpoint(None).await
+        self.state.kt.checkpoint().await
     }
 
     /// Publishes every queued binding now, as one epoch (tests and benchmarks; the server

@@ -636,7 +636,8 @@ async fn sessions_carry_presence_and_live_contact_requests() {
     assert_eq!(e.error, ErrorCode::BadRequest);
     alice.publish(PresenceState::Online, None).await;
 
-    // Contact requests: to oneself, to no one, and to someone offline are refused.
+    // Contact requests: to oneself and to no one are refused; to someone offline the answer
+    // is the one an online person gets (no presence for strangers), and nothing reaches them.
     let e = alice
         .call(Request::ContactRequest {
             to: alice_id.clone(),
@@ -651,17 +652,12 @@ async fn sessions_carry_presence_and_live_contact_requests() {
         .await
         .unwrap_err();
     assert_eq!(e.error, ErrorCode::NotFound);
-    let e = alice
-        .call(Request::ContactRequest { to: bob_id.clone() })
-        .await
-        .unwrap_err();
-    assert_eq!(e.error, ErrorCode::Offline);
-    assert!(
-        e.message.contains("bob@example.com is offline"),
-        "{}",
-        e.message
-    );
-    assert!(e.message.contains("nothing was kept"), "{}", e.message);
+    assert!(matches!(
+        alice
+            .call(Request::ContactRequest { to: bob_id.clone() })
+            .await,
+        Ok(Reply::Done)
+    ));
 
     // Bob comes online: the request reaches him live.
     let mut bob = d.connect(&kb).await;
@@ -768,11 +764,13 @@ async fn sessions_carry_presence_and_live_contact_requests() {
         .await,
         Ok(Reply::Done)
     ));
-    let e = carol
-        .call(Request::ContactRequest { to: bob_id.clone() })
-        .await
-        .unwrap_err();
-    assert_eq!(e.error, ErrorCode::Offline);
+    // Blocked: carol is told what anyone is told, and bob gets nothing.
+    assert!(matches!(
+        carol
+            .call(Request::ContactRequest { to: bob_id.clone() })
+            .await,
+        Ok(Reply::Done)
+    ));
     // A frame over the limit ends the session.
     carol.send_text("x".repeat(70 * 1024)).await;
     carol.closed().await;
@@ -823,7 +821,8 @@ async fn sessions_carry_presence_and_live_contact_requests() {
     assert_eq!(contact.relation, Relation::Accepted);
     let a = d.get("/v1/lookup/alice@example.com").await;
     assert_eq!(a.body["identity_key"], new_key.to_string());
-    assert_eq!(a.body["devices"].as_array().unwrap().len(), 1);
+    // A public lookup shows no device certificates (docs/privacy.md).
+    assert_eq!(a.body["devices"].as_array().unwrap().len(), 0);
 
     // Removing a contact tells the other side.
     let mut alice = d.connect(&ka2).await;
@@ -1308,4 +1307,187 @@ async fn issue3_guessing_link_offers_takes_no_rendezvous() {
     assert_eq!(a.error(), (404, "not_found"));
     drop(ws);
     d.srv.shutdown().await;
+}
+
+// ---- docs/privacy.md: what a stranger can learn ----
+
+/// A contact request's answer, and everything the requester sees afterwards, are the same
+/// whether the person asked is online, offline, invisible, or has blocked the requester:
+/// today's main answered `offline` to all but the first, so anyone with an account could
+/// probe whether any registered person was online. Only the online, unblocking person gets
+/// the request; the others get nothing, then or later.
+#[tokio::test]
+async fn privacy_a_stranger_learns_no_presence_from_contact_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let (ks, _) = d.register(60, "stranger@example.com").await;
+    let (kon, _) = d.register(61, "on@example.com").await;
+    let (koff, _) = d.register(62, "off@example.com").await;
+    let (kblk, _) = d.register(63, "blocks@example.com").await;
+    let (kinv, _) = d.register(64, "invisible@example.com").await;
+    let mut on = d.connect(&kon).await;
+    on.publish(PresenceState::Online, Some("here")).await;
+    let mut blocks = d.connect(&kblk).await;
+    blocks.publish(PresenceState::Online, None).await;
+    assert!(matches!(
+        blocks
+            .call(Request::Block {
+                identifier: id("stranger@example.com")
+            })
+            .await,
+        Ok(Reply::Done)
+    ));
+    let mut invisible = d.connect(&kinv).await;
+    invisible.publish(PresenceState::Invisible, None).await;
+
+    let mut stranger = d.connect(&ks).await;
+    let targets = [
+        "on@example.com",
+        "off@example.com",
+        "blocks@example.com",
+        "invisible@example.com",
+    ];
+    let mut seen = Vec::new();
+    for t in targets {
+        let reply = stranger.call(Request::ContactRequest { to: id(t) }).await;
+        let Ok(Reply::Lookup { contact }) =
+            stranger.call(Request::Lookup { identifier: id(t) }).await
+        else {
+            panic!("lookup of {t} failed")
+        };
+        // Everything the stranger got, but the name: the same for the four.
+        seen.push((
+            format!("{reply:?}"),
+            contact.relation,
+            serde_json::to_value(&contact.presence).unwrap(),
+        ));
+    }
+    assert!(seen.iter().all(|s| s == &seen[0]), "{seen:#?}");
+    assert_eq!(seen[0].0, format!("{:?}", Ok::<_, ErrorBody>(Reply::Done)));
+    assert_eq!(seen[0].1, Relation::Outgoing);
+    let Ok(Reply::Contacts { contacts }) = stranger.call(Request::Contacts).await else {
+        panic!("contacts failed")
+    };
+    assert_eq!(contacts.len(), 4);
+    assert!(
+        contacts
+            .iter()
+            .all(|c| c.relation == Relation::Outgoing && c.presence == contacts[0].presence),
+        "{contacts:#?}"
+    );
+
+    // The online person got it live; the invisible one too (it is online, only hidden).
+    on.push_where("contact request", |f| {
+        matches!(f, ServerFrame::ContactRequest { from, .. } if from.as_str() == "stranger@example.com")
+    })
+    .await;
+    // Whoever was offline or blocks the stranger has nothing of it, then or later.
+    let mut off = d.connect(&koff).await;
+    off.publish(PresenceState::Online, None).await;
+    for w in [&mut off, &mut blocks] {
+        let Ok(Reply::Contacts { contacts }) = w.call(Request::Contacts).await else {
+            panic!("contacts failed")
+        };
+        assert!(
+            contacts.iter().all(|c| c.relation != Relation::Incoming),
+            "{contacts:?}"
+        );
+        assert!(
+            !w.pushes
+                .iter()
+                .any(|f| matches!(f, ServerFrame::ContactRequest { .. })),
+            "{:?}",
+            w.pushes
+        );
+    }
+}
+
+/// Contact requests are limited per requesting account, over all its sessions: a new
+/// session does not bring a new budget.
+#[tokio::test]
+async fn privacy_contact_requests_are_rate_limited_per_requester() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |c| {
+        c.limits.contact_requests_per_account = dialtone_directory::config::Limit {
+            burst: 3,
+            every: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    let (ks, _) = d.register(70, "sweeper@example.com").await;
+    for i in 0..4u8 {
+        d.register(71 + i, &format!("p{i}@example.com")).await;
+    }
+    let mut s = d.connect(&ks).await;
+    for i in 0..3 {
+        let r = s
+            .call(Request::ContactRequest {
+                to: id(&format!("p{i}@example.com")),
+            })
+            .await;
+        assert!(matches!(r, Ok(Reply::Done)), "{r:?}");
+    }
+    let e = s
+        .call(Request::ContactRequest {
+            to: id("p3@example.com"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, ErrorCode::RateLimited);
+    assert!(e.retry_after_secs.is_some_and(|s| s >= 1), "{e:?}");
+    // Another session of the same account has no fresh budget.
+    drop(s);
+    let mut s = d.connect(&ks).await;
+    let e = s
+        .call(Request::ContactRequest {
+            to: id("p3@example.com"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, ErrorCode::RateLimited);
+    // Other requests are not limited by it.
+    assert!(matches!(
+        s.call(Request::Contacts).await,
+        Ok(Reply::Contacts { .. })
+    ));
+}
+
+/// `/v1/lookup` over anonymous HTTP shows what adding a contact needs (the identity key)
+/// and the signed list (public in the transparency log anyway): no device certificates, no
+/// presence, no addresses, however online the person is.
+#[tokio::test]
+async fn privacy_public_lookup_shows_the_key_and_no_devices_or_presence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), |_| {}).await;
+    let (k, _) = d.register(80, "open@example.com").await;
+    let mut s = d.connect(&k).await;
+    s.publish(PresenceState::Online, Some("at my desk")).await;
+    let a = d.get("/v1/lookup/open@example.com").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut keys: Vec<&str> = a
+        .body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    // `device_list` appears only once the person publishes one (not here).
+    assert_eq!(
+        keys,
+        ["devices", "identifier", "identity_key"],
+        "{}",
+        a.body
+    );
+    assert_eq!(a.body["devices"], serde_json::json!([]));
+    assert_eq!(
+        a.body["identity_key"],
+        serde_json::to_value(IdentityKey::from_signing_key(&k.identity)).unwrap()
+    );
+    let text = a.body.to_string();
+    assert!(!text.contains("192.0.2.7"), "{text}");
+    assert!(!text.contains("at my desk"), "{text}");
+    // Unregistered: the same 404 as ever (registration is public: a key directory answers
+    // whether it has a key).
+    assert_eq!(d.get("/v1/lookup/nobody@example.com").await.status, 404);
 }

@@ -82,8 +82,8 @@ impl Directory {
         Self::start_binary("dialtone-directory", extra)
     }
 
-    /// Starts `dialtone-directory-malicious` (built with `cargo build -p dialtone-directory
-    /// --features malicious --bin dialtone-directory-malicious`) telling `lie`
+    /// Starts `dialtone-directory-malicious` (crate `dialtone-directory-malicious`, built by
+    /// `cargo build --workspace --bins`) telling `lie`
     /// (e.g. `rollback`, `forged-key:bob@example.com`).
     pub fn start_lying(lie: &str) -> Self {
         Self::start_binary("dialtone-directory-malicious", &["--lie", lie])

@@ -42,6 +42,11 @@ impl ApiError {
         e
     }
 
+    /// Says when to try again (a rate limit).
+    pub(crate) fn set_retry_after(&mut self, secs: u64) {
+        self.body.retry_after_secs = Some(secs);
+    }
+
     pub(crate) fn body(&self) -> &ErrorBody {
         &self.body
     }

@@ -30,7 +30,7 @@ pub(super) async fn kt_checkpoint(
         ip_of(&addr),
         "requests from your address",
     )?;
-    Ok(Json(st.kt.checkpoint(None).await?))
+    Ok(Json(st.sessions.view.checkpoint(&st.kt, None).await?))
 }
 
 pub(super) async fn kt_lookup(
@@ -44,7 +44,7 @@ pub(super) async fn kt_lookup(
         "requests from your address",
     )?;
     let id = parse_identifier(&raw)?;
-    Ok(Json(st.kt.lookup(&id, None).await?))
+    Ok(Json(st.sessions.view.lookup(&st.kt, &id, None).await?))
 }
 
 pub(super) async fn kt_history(
@@ -58,17 +58,7 @@ pub(super) async fn kt_history(
         "requests from your address",
     )?;
     let id = parse_identifier(&raw)?;
-    Ok(Json(st.kt.history(&id, None).await?))
-}
-
-/// Changes the lie (malicious test build, and only when started lying).
-#[cfg(feature = "malicious")]
-pub(super) async fn set_lie(
-    State(st): State<Arc<AppState>>,
-    Body(lie): Body<crate::malicious::Lie>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    crate::malicious::apply(&st.kt, lie).await?;
-    Ok(Json(serde_json::json!({"status": "lying"})))
+    Ok(Json(st.sessions.view.history(&st.kt, &id, None).await?))
 }
 
 #[derive(Deserialize)]
@@ -94,5 +84,7 @@ pub(super) async fn kt_audit(
             "give the epochs as ?from=A&to=B (non-negative integers)",
         ));
     };
-    Ok(Json(st.kt.audit(q.from, q.to, None).await?))
+    Ok(Json(
+        st.sessions.view.audit(&st.kt, q.from, q.to, None).await?,
+    ))
 }

@@ -15,6 +15,10 @@ use crate::{AppState, store::q};
 
 use super::*;
 
+/// `GET /v1/lookup/{identifier}`, for anyone: what adding a contact needs (the identity key)
+/// and the signed device list, which is the identifier's transparency-log value and so
+/// public to whoever knows the identifier anyway (`/v1/kt/lookup`). The device certificates
+/// are not shown: a device proves itself to its peers in the hello (docs/privacy.md).
 pub(super) async fn lookup(
     State(st): State<Arc<AppState>>,
     Extension(addr): Extension<ClientAddr>,
@@ -29,21 +33,18 @@ pub(super) async fn lookup(
     let id2 = id.clone();
     let found = st
         .store
-        .run(move |c| {
-            Ok(q::account(c, &id2)?.map(|a| (a, q::devices(c, &id2), q::device_list(c, &id2))))
-        })
+        .run(move |c| Ok(q::account(c, &id2)?.map(|a| (a, q::device_list(c, &id2)))))
         .await?;
-    let Some((account, devices, list)) = found else {
+    let Some((account, list)) = found else {
         return Err(not_registered(&id));
     };
     Ok(Json(PublicRecord {
         identifier: account.identifier,
         identity_key: account.identity_key,
-        devices: devices?,
+        devices: Vec::new(),
         device_list: list?,
     }))
 }
-
 #[derive(Deserialize)]
 pub(super) struct WebfingerQuery {
     resource: Option<String>,

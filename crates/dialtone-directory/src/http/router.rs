@@ -13,8 +13,6 @@ use dialtone_proto::directory::{DirectoryInfo, ErrorCode, MAX_BODY_LEN};
 
 use crate::AppState;
 
-#[cfg(feature = "malicious")]
-use super::kt::set_lie;
 use super::{
     kt::{kt_audit, kt_checkpoint, kt_history, kt_keys, kt_lookup},
     lookup::{lookup, webfinger},
@@ -23,10 +21,8 @@ use super::{
     *,
 };
 
-/// The routes.
-pub(crate) fn router(state: Arc<AppState>) -> Router {
-    #[cfg(feature = "malicious")]
-    let lying = state.config.lie.is_some();
+/// The routes, with `extra` (a [`crate::ServerBuilder::routes`]) merged in.
+pub(crate) fn router(state: Arc<AppState>, extra: Option<Router>) -> Router {
     let r = Router::new()
         .route("/v1/register/start", post(register_start))
         .route("/v1/register/confirm", post(register_confirm))
@@ -39,35 +35,34 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/kt/lookup/{identifier}", get(kt_lookup))
         .route("/v1/kt/history/{identifier}", get(kt_history))
         .route("/v1/kt/audit", get(kt_audit));
-    #[cfg(feature = "malicious")]
-    let r = if lying {
-        r.route("/v1/malicious/lie", post(set_lie))
-    } else {
-        r
-    };
-    r.route("/.well-known/webfinger", get(webfinger))
+    let r: Router = r
+        .route("/.well-known/webfinger", get(webfinger))
         .route("/v1/info", get(info_route))
         .route(
             "/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NotFound,
-                "no such endpoint; see docs/directory-api.md",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::BadRequest,
-                "method not allowed on this endpoint",
-            )
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_LEN))
-        .layer(axum::middleware::from_fn(catch_panic))
-        .with_state(state)
+        .with_state(state);
+    let r = match extra {
+        Some(extra) => r.merge(extra),
+        None => r,
+    };
+    r.fallback(|| async {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint; see docs/directory-api.md",
+        )
+    })
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadRequest,
+            "method not allowed on this endpoint",
+        )
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_LEN))
+    .layer(axum::middleware::from_fn(catch_panic))
 }
 
 /// Turns a panic in a handler into a JSON 500 `internal` instead of a dropped connection.

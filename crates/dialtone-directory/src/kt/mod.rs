@@ -42,11 +42,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use storage::SqliteAkd;
-pub use vrf::FileVrf;
+pub use vrf::{FileVrf, load_or_create_secret};
 
 use crate::{
     config::TransparencyConfig,
     store::{Store, StoreError},
+    view::View,
 };
 
 /// Dialtone's akd domain label (`dialtone-kt/v1`).
@@ -102,8 +103,9 @@ impl From<AkdError> for KtError {
     }
 }
 
-/// The transparency log of a running directory.
-pub(crate) struct Transparency {
+/// The transparency log of a running directory: its honest answers, the same for everyone
+/// (what a viewer is shown is decided by the server's [`View`]).
+pub struct Transparency {
     akd: Akd,
     store: Store,
     signer: SigningKey,
@@ -113,8 +115,8 @@ pub(crate) struct Transparency {
     wake: Notify,
     epoch: watch::Sender<u64>,
     config: TransparencyConfig,
-    #[cfg(feature = "malicious")]
-    pub(crate) lie: crate::malicious::LieState,
+    /// Told of every published epoch.
+    view: Arc<dyn View>,
 }
 
 impl std::fmt::Debug for Transparency {
@@ -229,14 +231,12 @@ impl Transparency {
         store: Store,
         data_dir: &Path,
         config: TransparencyConfig,
-        #[cfg(feature = "malicious")] lie: Option<crate::malicious::Lie>,
+        view: Arc<dyn View>,
     ) -> Result<Arc<Self>, KtError> {
-        let vrf_secret = vrf::load_or_create_secret(&data_dir.join("kt-vrf.key"))?;
-        let sign_secret = vrf::load_or_create_secret(&data_dir.join("kt-signing.key"))?;
+        let vrf_secret = load_or_create_secret(&data_dir.join("kt-vrf.key"))?;
+        let sign_secret = load_or_create_secret(&data_dir.join("kt-signing.key"))?;
         let signer = SigningKey::from_bytes(&sign_secret);
         let vrf = FileVrf::new(vrf_secret);
-        #[cfg(feature = "malicious")]
-        let lie = crate::malicious::LieState::new(lie, &vrf).await?;
         let manager = StorageManager::new(
             SqliteAkd::new(store.clone()),
             Some(Duration::from_secs(300)),
@@ -260,15 +260,14 @@ impl Transparency {
             wake: Notify::new(),
             epoch: watch::Sender::new(0),
             config,
-            #[cfg(feature = "malicious")]
-            lie,
+            view,
         };
         let cp = this.ensure_checkpoint().await?;
-        #[cfg(feature = "malicious")]
-        this.lie.start(&cp).await;
         this.epoch.send_replace(cp.epoch);
+        let this = Arc::new(this);
+        this.view.clone().opened(&this, &cp).await?;
         info!(epoch = cp.epoch, "transparency log open");
-        Ok(Arc::new(this))
+        Ok(this)
     }
 
     /// Signs the current epoch if the log does not have it yet (first start, or a crash
@@ -296,34 +295,26 @@ impl Transparency {
     }
 
     /// The public keys clients verify with.
-    pub(crate) fn keys(&self) -> &KtKeys {
+    pub fn keys(&self) -> &KtKeys {
         &self.keys
     }
 
     /// Wakes the publisher: a binding was queued.
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
         self.wake.notify_one();
     }
 
-    /// The latest signed checkpoint. `viewer` is the session's account (None over HTTP); the
-    /// honest directory shows everyone the same log.
-    pub(crate) async fn checkpoint(
-        &self,
-        viewer: Option<&Identifier>,
-    ) -> Result<Checkpoint, KtError> {
+    /// The latest signed checkpoint.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, KtError> {
         let _r = self.rw.read().await;
-        #[cfg(feature = "malicious")]
-        if let Some(cp) = crate::malicious::checkpoint(self, viewer).await? {
-            return Ok(cp);
-        }
-        let _ = viewer;
         self.store
             .run(|c| q::latest(c))
             .await?
             .ok_or_else(|| KtError::Akd("no checkpoint".into()))
     }
 
-    async fn checkpoint_at(&self, epoch: u64) -> Result<Checkpoint, KtError> {
+    /// The signed checkpoint of `epoch`.
+    pub async fn checkpoint_at(&self, epoch: u64) -> Result<Checkpoint, KtError> {
         self.store
             .run(move |c| q::at(c, epoch))
             .await?
@@ -348,18 +339,9 @@ impl Transparency {
     }
 
     /// A lookup proof for `id`, with the checkpoint of its epoch.
-    pub(crate) async fn lookup(
-        &self,
-        id: &Identifier,
-        viewer: Option<&Identifier>,
-    ) -> Result<KtLookup, KtError> {
+    pub async fn lookup(&self, id: &Identifier) -> Result<KtLookup, KtError> {
         self.wait_published(id).await?;
         let _r = self.rw.read().await;
-        #[cfg(feature = "malicious")]
-        if let Some(l) = crate::malicious::lookup(self, id, viewer).await? {
-            return Ok(l);
-        }
-        let _ = viewer;
         let label = AkdLabel::from(id.as_str());
         let (proof, eh) = match self.akd.lookup(label).await {
             Ok(x) => x,
@@ -376,18 +358,9 @@ impl Transparency {
     }
 
     /// The complete key history of `id`, with the checkpoint of its epoch.
-    pub(crate) async fn history(
-        &self,
-        id: &Identifier,
-        viewer: Option<&Identifier>,
-    ) -> Result<KtHistory, KtError> {
+    pub async fn history(&self, id: &Identifier) -> Result<KtHistory, KtError> {
         self.wait_published(id).await?;
         let _r = self.rw.read().await;
-        #[cfg(feature = "malicious")]
-        if let Some(h) = crate::malicious::history(self, id, viewer).await? {
-            return Ok(h);
-        }
-        let _ = viewer;
         let label = AkdLabel::from(id.as_str());
         let (proof, eh) = match self.akd.key_history(&label, HistoryParams::Complete).await {
             Ok(x) => x,
@@ -404,18 +377,8 @@ impl Transparency {
     }
 
     /// Checkpoints `from..=to` and the append-only proof between the two epochs.
-    pub(crate) async fn audit(
-        &self,
-        from: u64,
-        to: u64,
-        viewer: Option<&Identifier>,
-    ) -> Result<KtAudit, KtError> {
+    pub async fn audit(&self, from: u64, to: u64) -> Result<KtAudit, KtError> {
         let _r = self.rw.read().await;
-        #[cfg(feature = "malicious")]
-        if let Some(a) = crate::malicious::audit(self, from, to, viewer).await? {
-            return Ok(a);
-        }
-        let _ = viewer;
         let latest = *self.epoch.borrow();
         if from > to || to > latest {
             return Err(KtError::BadRange(format!(
@@ -449,7 +412,6 @@ impl Transparency {
             .iter()
             .map(|(id, v, _)| (AkdLabel::from(id.as_str()), AkdValue(v.clone())))
             .collect();
-        #[cfg(feature = "malicious")]
         let mirrored = updates.clone();
         let eh = self.akd.publish(updates).await?;
         let prev = self.store.run(|c| q::latest(c)).await?;
@@ -472,8 +434,7 @@ impl Transparency {
                 Ok(())
             })
             .await?;
-        #[cfg(feature = "malicious")]
-        crate::malicious::after_publish(self, mirrored).await?;
+        self.view.published(self, &mirrored, &cp).await?;
         drop(_w);
         self.epoch.send_replace(cp.epoch);
         info!(
@@ -512,38 +473,5 @@ impl Transparency {
                 }
             }
         }
-    }
-
-    /// The signing key (for the malicious build's forged logs).
-    #[cfg(feature = "malicious")]
-    pub(crate) fn signer(&self) -> &SigningKey {
-        &self.signer
-    }
-
-    /// The store.
-    #[cfg(feature = "malicious")]
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The akd directory.
-    #[cfg(feature = "malicious")]
-    pub(crate) fn akd(&self) -> &Akd {
-        &self.akd
-    }
-
-    /// The latest checkpoint, without the lock (the caller holds it).
-    #[cfg(feature = "malicious")]
-    pub(crate) async fn latest_unlocked(&self) -> Result<Checkpoint, KtError> {
-        self.store
-            .run(|c| q::latest(c))
-            .await?
-            .ok_or_else(|| KtError::Akd("no checkpoint".into()))
-    }
-
-    /// The checkpoint of an epoch, without the lock.
-    #[cfg(feature = "malicious")]
-    pub(crate) async fn at_unlocked(&self, epoch: u64) -> Result<Checkpoint, KtError> {
-        self.checkpoint_at(epoch).await
     }
 }

@@ -53,7 +53,7 @@ impl VRFKeyStorage for FileVrf {
 }
 
 /// Reads a 32-byte hex secret from `path`, or creates one with mode 0600.
-pub(crate) fn load_or_create_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, KtError> {
+pub fn load_or_create_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, KtError> {
     let err = |reason: String| KtError::KeyFile {
         path: path.display().to_string(),
         reason,

@@ -53,4 +53,16 @@ pub(crate) struct Sessions {
     pub(crate) shutdown: CancellationToken,
     /// The session tasks, so shutdown can wait for them to close.
     pub(crate) tasks: TaskTracker,
+    /// How contact entries are shown ([`crate::view`]).
+    pub(crate) view: crate::view::ViewHandle,
+}
+
+impl Sessions {
+    /// An empty registry whose contact entries are shown through `view`.
+    pub(crate) fn new(view: crate::view::ViewHandle) -> Self {
+        Self {
+            view,
+            ..Self::default()
+        }
+    }
 }

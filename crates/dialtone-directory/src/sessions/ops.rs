@@ -209,24 +209,32 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             })
         }
         Request::KtCheckpoint => Ok(Reply::KtCheckpoint {
-            checkpoint: st.kt.checkpoint(Some(&me)).await?,
+            checkpoint: st.sessions.view.checkpoint(&st.kt, Some(&me)).await?,
         }),
         Request::KtLookup { identifier } => {
             limit(ctx)?;
             Ok(Reply::KtLookup {
-                lookup: st.kt.lookup(&identifier, Some(&me)).await?,
+                lookup: st
+                    .sessions
+                    .view
+                    .lookup(&st.kt, &identifier, Some(&me))
+                    .await?,
             })
         }
         Request::KtHistory { identifier } => {
             limit(ctx)?;
             Ok(Reply::KtHistory {
-                history: st.kt.history(&identifier, Some(&me)).await?,
+                history: st
+                    .sessions
+                    .view
+                    .history(&st.kt, &identifier, Some(&me))
+                    .await?,
             })
         }
         Request::KtAudit { from, to } => {
             limit(ctx)?;
             Ok(Reply::KtAudit {
-                audit: st.kt.audit(from, to, Some(&me)).await?,
+                audit: st.sessions.view.audit(&st.kt, from, to, Some(&me)).await?,
             })
         }
         Request::ContactRequest { to } => {
@@ -234,6 +242,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             if to == me {
                 return Err(err(ErrorCode::BadRequest, "you cannot add yourself"));
             }
+            limit_contact_requests(st, &me)?;
             let them = account_of(st, &to).await?;
             match relation(st, &me, &to).await? {
                 // After a key change they wait for us to confirm their new key: this does.
@@ -252,30 +261,26 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
                 Relation::Incoming => return accept(st, &ctx.account, &them).await,
                 _ => {}
             }
-            if relation(st, &to, &me).await? == Relation::Blocked || !is_reachable(st, &to) {
-                return Err(err(
-                    ErrorCode::Offline,
-                    format!(
-                        "{to} is offline; contact requests are delivered only while they are online — \
-                         nothing was kept, ask again later"
-                    ),
-                ));
+            // The answer, and what the requester's own state shows, are the same whether `to`
+            // is online, offline, invisible or has blocked the requester: a stranger learns
+            // nothing of their presence (docs/privacy.md). The request reaches them only if
+            // they are online now; otherwise nothing of it is kept on their side.
+            let delivered =
+                relation(st, &to, &me).await? != Relation::Blocked && is_reachable(st, &to);
+            let mut pairs = vec![(me.clone(), to.clone(), Relation::Outgoing)];
+            if delivered {
+                pairs.push((to.clone(), me.clone(), Relation::Incoming));
             }
-            set_relations(
-                st,
-                vec![
-                    (me.clone(), to.clone(), Relation::Outgoing),
-                    (to.clone(), me.clone(), Relation::Incoming),
-                ],
-            )
-            .await?;
-            st.sessions.push(
-                &to,
-                &ServerFrame::ContactRequest {
-                    from: me,
-                    identity_key: ctx.account.identity_key,
-                },
-            );
+            set_relations(st, pairs).await?;
+            if delivered {
+                st.sessions.push(
+                    &to,
+                    &ServerFrame::ContactRequest {
+                        from: me,
+                        identity_key: ctx.account.identity_key,
+                    },
+                );
+            }
             Ok(Reply::Done)
         }
         Request::ContactRespond { from, accept: yes } => {
@@ -508,6 +513,29 @@ async fn publish_devices(
         st.sessions.key_replaced(st, &me, &removed).await;
     }
     Ok(Reply::Done)
+}
+
+/// Contact requests are limited per requesting account, over all its sessions: each one is
+/// a question about a person, and a budget per session would grow with the sessions opened.
+fn limit_contact_requests(st: &AppState, me: &Identifier) -> Result<(), ApiError> {
+    let now = Instant::now();
+    let mut l = st
+        .limits
+        .contact_requests
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if l.len() > 100_000 {
+        l.prune(now);
+    }
+    l.check(me, now).map_err(|w| {
+        let secs = w.as_secs().max(1);
+        let mut e = err(
+            ErrorCode::RateLimited,
+            format!("too many contact requests; try again in {secs} s"),
+        );
+        e.set_retry_after(secs);
+        e
+    })
 }
 
 fn limit(ctx: &mut Ctx) -> Result<(), ApiError> {

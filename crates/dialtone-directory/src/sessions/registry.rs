@@ -243,7 +243,8 @@ impl Sessions {
     pub(super) fn entry(&self, subject: &Account, relation: Relation) -> ContactEntry {
         let map = self.lock();
         let devices = map.get(&subject.identifier).map_or(&[][..], Vec::as_slice);
-        contact_entry(subject, relation, devices)
+        self.view
+            .contact_entry(contact_entry(subject, relation, devices))
     }
 
     /// Pushes a frame to every session of `to`; drops it if none. Stuck sessions are ended.
@@ -437,16 +438,12 @@ fn contact_entry(subject: &Account, relation: Relation, devs: &[DeviceSession]) 
     } else {
         PresenceView::offline()
     };
-    #[allow(unused_mut)]
-    let mut entry = ContactEntry {
+    ContactEntry {
         identifier: subject.identifier.clone(),
         identity_key: subject.identity_key,
         relation,
         presence,
-    };
-    #[cfg(feature = "malicious")]
-    crate::malicious::forge_entry(&mut entry);
-    entry
+    }
 }
 
 #[cfg(test)]
