@@ -208,8 +208,11 @@ const DEVICE_LIST_FRESH: Duration = Duration::from_secs(15);
 /// The agent's transparency state.
 #[derive(Debug, Default)]
 pub(crate) struct KtClient {
-    /// The pinned log; one check at a time.
-    state: tokio::sync::Mutex<Option<KtState>>,
+    /// The pinned log. A plain mutex, held only between awaits (never across a network call
+    /// or a disk write): a check works on a [`Held`] copy and merges what it proved back.
+    state: Mutex<Option<KtState>>,
+    /// Orders the writes of `kt.json` (each writes the state as it is when its turn comes).
+    disk: tokio::sync::Mutex<()>,
     /// Keys (and device lists) proven for identifiers, and when.
     proven: Mutex<HashMap<Identifier, Proven>>,
     /// Alarms already raised (kind + detail), so each is shown once.
@@ -222,7 +225,7 @@ impl KtClient {
     pub(crate) fn new(state: Option<KtState>) -> Self {
         Self {
             current: Mutex::new(state.as_ref().map(|s| s.checkpoint)),
-            state: tokio::sync::Mutex::new(state),
+            state: Mutex::new(state),
             ..Self::default()
         }
     }
@@ -261,40 +264,121 @@ pub(crate) fn alarm(inner: &Inner, f: KtFailure) -> KtFailure {
     f
 }
 
-/// The pinned state, fetched and pinned on first use.
-async fn state<'a>(
-    inner: &Inner,
-    guard: &'a mut tokio::sync::MutexGuard<'_, Option<KtState>>,
-) -> Result<&'a mut KtState, KtFailure> {
-    if guard.is_none() {
-        let keys = inner
-            .dir
-            .kt_keys()
-            .await
-            .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
-        let Reply::KtCheckpoint { checkpoint } = ask(inner, Request::KtCheckpoint).await? else {
-            return Err(KtFailure::Unavailable("unexpected answer".into()));
-        };
-        checkpoint
-            .verify(&keys.signing_key)
-            .map_err(|_| KtFailure::BadSignature)?;
-        let st = KtState {
-            directory: inner.dir.base().to_owned(),
-            keys,
-            checkpoint,
-            roots: BTreeMap::from([(checkpoint.epoch, checkpoint.root_hash)]),
-        };
-        inner
-            .home
-            .save_kt(&st)
-            .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
-        debug!(epoch = checkpoint.epoch, "transparency log pinned");
-        *lock(&inner.kt.current) = Some(checkpoint);
-        **guard = Some(st);
+/// What a check needs of the pinned state: the log's keys and the checkpoint held when it
+/// began.
+#[derive(Debug, Clone)]
+struct Held {
+    keys: KtKeys,
+    checkpoint: Checkpoint,
+}
+
+/// The pinned state, fetched and pinned on first use (the fetch runs with no lock held).
+async fn held(inner: &Inner) -> Result<Held, KtFailure> {
+    if let Some(st) = lock(&inner.kt.state).as_ref() {
+        return Ok(Held {
+            keys: st.keys.clone(),
+            checkpoint: st.checkpoint,
+        });
     }
-    guard
+    let keys = inner
+        .dir
+        .kt_keys()
+        .await
+        .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
+    let Reply::KtCheckpoint { checkpoint } = ask(inner, Request::KtCheckpoint).await? else {
+        return Err(KtFailure::Unavailable("unexpected answer".into()));
+    };
+    checkpoint
+        .verify(&keys.signing_key)
+        .map_err(|_| KtFailure::BadSignature)?;
+    let held = {
+        let mut g = lock(&inner.kt.state);
+        match g.as_ref() {
+            // Another check pinned it meanwhile: that pin stands.
+            Some(st) => Held {
+                keys: st.keys.clone(),
+                checkpoint: st.checkpoint,
+            },
+            None => {
+                *g = Some(KtState {
+                    directory: inner.dir.base().to_owned(),
+                    keys: keys.clone(),
+                    checkpoint,
+                    roots: BTreeMap::from([(checkpoint.epoch, checkpoint.root_hash)]),
+                });
+                *lock(&inner.kt.current) = Some(checkpoint);
+                debug!(epoch = checkpoint.epoch, "transparency log pinned");
+                Held { keys, checkpoint }
+            }
+        }
+    };
+    save(inner).await?;
+    Ok(held)
+}
+
+/// Writes the pinned state as it is now to `kt.json`, on the blocking pool (the write ends
+/// with an fsync; the agent has one worker thread, which its hellos need).
+async fn save(inner: &Inner) -> Result<(), KtFailure> {
+    let _turn = inner.kt.disk.lock().await;
+    let Some(st) = lock(&inner.kt.state).clone() else {
+        return Ok(());
+    };
+    let home = inner.home.clone();
+    tokio::task::spawn_blocking(move || home.save_kt(&st))
+        .await
+        .map_err(|e| KtFailure::Unavailable(e.to_string()))?
+        .map_err(|e| KtFailure::Unavailable(e.to_string()))
+}
+
+/// Saves the pins as they are now, on the blocking pool (see [`save`]).
+async fn save_pins(inner: &Inner) {
+    let _turn = inner.kt.disk.lock().await;
+    let pins = inner.lock().pins.clone();
+    let home = inner.home.clone();
+    match tokio::task::spawn_blocking(move || home.save_pins(&pins)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("cannot save pinned keys: {e}"),
+        Err(e) => warn!("cannot save pinned keys: {e}"),
+    }
+}
+
+/// Runs a synchronous akd verifier on the blocking pool (proofs cost milliseconds of
+/// hashing; the agent's one worker keeps serving meanwhile); a panic on malformed input
+/// counts as a failed proof.
+async fn verify_off_thread<T: Send + 'static, E: std::fmt::Display>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || guarded(f))
+        .await
+        .unwrap_or_else(|_| Err("malformed proof".into()))
+}
+
+/// Merges a proven chain of checkpoints (oldest first) into the pinned state: its roots must
+/// agree with every root remembered, and the newest becomes the held checkpoint if it is
+/// newer than the one held now (another check may have moved further meanwhile).
+fn commit(inner: &Inner, chain: &[Checkpoint]) -> Result<(), KtFailure> {
+    let mut g = lock(&inner.kt.state);
+    let st = g
         .as_mut()
-        .ok_or_else(|| KtFailure::Unavailable("no state".into()))
+        .ok_or_else(|| KtFailure::Unavailable("no state".into()))?;
+    for c in chain {
+        if st.roots.get(&c.epoch).is_some_and(|r| *r != c.root_hash) {
+            return Err(KtFailure::Fork { epoch: c.epoch });
+        }
+    }
+    for c in chain {
+        st.roots.insert(c.epoch, c.root_hash);
+    }
+    while st.roots.len() > KEPT_ROOTS {
+        st.roots.pop_first();
+    }
+    if let Some(newest) = chain.last()
+        && newest.epoch > st.checkpoint.epoch
+    {
+        st.checkpoint = *newest;
+        *lock(&inner.kt.current) = Some(*newest);
+    }
+    Ok(())
 }
 
 /// Checks an audit answer from `held` and returns the roots it proves, newest last.
@@ -344,7 +428,7 @@ async fn check_audit(
 
 /// Fetches and checks the chain from `st.checkpoint` to epoch `to`; returns the checkpoints
 /// from the held one to `to`.
-async fn chain_to(inner: &Inner, st: &KtState, to: u64) -> Result<Vec<Checkpoint>, KtFailure> {
+async fn chain_to(inner: &Inner, st: &Held, to: u64) -> Result<Vec<Checkpoint>, KtFailure> {
     let mut held = st.checkpoint;
     let mut all = vec![held];
     while held.epoch < to {
@@ -379,7 +463,7 @@ async fn chain_to(inner: &Inner, st: &KtState, to: u64) -> Result<Vec<Checkpoint
 }
 
 /// Accepts `cp` if it extends the held checkpoint; refuses rollbacks and forks.
-async fn accept(inner: &Inner, st: &mut KtState, cp: Checkpoint) -> Result<(), KtFailure> {
+async fn accept(inner: &Inner, st: &mut Held, cp: Checkpoint) -> Result<(), KtFailure> {
     cp.verify(&st.keys.signing_key)
         .map_err(|_| KtFailure::BadSignature)?;
     let held = st.checkpoint;
@@ -400,25 +484,14 @@ async fn accept(inner: &Inner, st: &mut KtState, cp: Checkpoint) -> Result<(), K
     if chain.last() != Some(&cp) {
         return Err(KtFailure::Fork { epoch: cp.epoch });
     }
-    for c in &chain {
-        st.roots.insert(c.epoch, c.root_hash);
-    }
-    while st.roots.len() > KEPT_ROOTS {
-        st.roots.pop_first();
-    }
+    commit(inner, &chain)?;
     st.checkpoint = cp;
-    *lock(&inner.kt.current) = Some(cp);
-    inner
-        .home
-        .save_kt(st)
-        .map_err(|e| KtFailure::Unavailable(e.to_string()))?;
-    Ok(())
+    save(inner).await
 }
 
 /// Proves `id`'s current binding (key and device list) through the log.
 pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Proven, KtFailure> {
-    let mut guard = inner.kt.state.lock().await;
-    let st = state(inner, &mut guard).await?;
+    let st = &mut held(inner).await?;
     let Reply::KtLookup { lookup } = ask(
         inner,
         Request::KtLookup {
@@ -441,15 +514,15 @@ pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Prove
         reason,
     };
     let proof = serde_json::from_value(lookup.proof).map_err(|e| bad(e.to_string()))?;
-    let r = guarded(|| {
-        akd::verify::lookup_verify::<KtConfiguration>(
-            &st.keys.vrf_public_key.0,
-            lookup.checkpoint.root_hash.0,
-            lookup.checkpoint.epoch,
-            AkdLabel::from(id.as_str()),
-            proof,
-        )
+    let (vrf, cp, label) = (
+        st.keys.vrf_public_key.0,
+        lookup.checkpoint,
+        AkdLabel::from(id.as_str()),
+    );
+    let r = verify_off_thread(move || {
+        akd::verify::lookup_verify::<KtConfiguration>(&vrf, cp.root_hash.0, cp.epoch, label, proof)
     })
+    .await
     .map_err(bad)?;
     let key = kt_value_key(&r.value.0)
         .ok_or_else(|| bad("not an identity key or a validly signed device list".into()))?;
@@ -492,21 +565,26 @@ pub(crate) async fn prove_record(inner: &Inner, id: &Identifier) -> Result<Prove
         .as_ref()
         .map(|l| l.devices.iter().map(|d| d.device_id).collect())
         .unwrap_or_default();
-    let mut st = inner.lock();
-    if let Some(pin) = st.pins.get_mut(id)
-        && pin.identity_key == key
-        && (pin.registration_lock != locked
-            || pin.devices != devices
-            || pin.list_version != offered)
-    {
-        pin.registration_lock = locked;
-        pin.devices = devices;
-        pin.list_version = offered;
-        if let Err(e) = inner.home.save_pins(&st.pins) {
-            warn!("cannot save pinned keys: {e}");
+    let changed = {
+        let mut st = inner.lock();
+        match st.pins.get_mut(id) {
+            Some(pin)
+                if pin.identity_key == key
+                    && (pin.registration_lock != locked
+                        || pin.devices != devices
+                        || pin.list_version != offered) =>
+            {
+                pin.registration_lock = locked;
+                pin.devices = devices;
+                pin.list_version = offered;
+                true
+            }
+            _ => false,
         }
+    };
+    if changed {
+        save_pins(inner).await;
     }
-    drop(st);
     Ok(proven)
 }
 
@@ -762,9 +840,8 @@ pub(crate) async fn compare_with_peer(
     peer: &Identifier,
     theirs: &Checkpoint,
 ) -> Result<(), KtFailure> {
-    let mut guard = inner.kt.state.lock().await;
     // Nothing pinned yet: pin the log now, so that there is something to compare with.
-    let st = state(inner, &mut guard).await?;
+    let st = &mut held(inner).await?;
     if theirs.verify(&st.keys.signing_key).is_err() {
         // Another directory, or a forged checkpoint: not comparable; say so.
         return Err(alarm(
@@ -779,8 +856,11 @@ pub(crate) async fn compare_with_peer(
         peer: peer.clone(),
         epoch: theirs.epoch,
     };
-    if let Some(root) = st.roots.get(&theirs.epoch) {
-        if *root != theirs.root_hash {
+    let remembered = lock(&inner.kt.state)
+        .as_ref()
+        .and_then(|s| s.roots.get(&theirs.epoch).copied());
+    if let Some(root) = remembered {
+        if root != theirs.root_hash {
             return Err(alarm(inner, split()));
         }
         return Ok(());
@@ -825,8 +905,7 @@ pub(crate) async fn compare_with_peer(
 
 /// Verifies our own identifier's key history; alarms on versions we did not make.
 pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
-    let mut guard = inner.kt.state.lock().await;
-    let st = state(inner, &mut guard).await?;
+    let st = &mut held(inner).await?;
     let me = inner.identifier.clone();
     let history = match ask(
         inner,
@@ -849,18 +928,23 @@ pub(crate) async fn monitor_own(inner: &Inner) -> Result<(), KtFailure> {
         reason,
     };
     let proof = serde_json::from_value(history.proof).map_err(|e| bad(e.to_string()))?;
-    let results = guarded(|| {
+    let (vrf, cp, label) = (
+        st.keys.vrf_public_key.0,
+        history.checkpoint,
+        AkdLabel::from(me.as_str()),
+    );
+    let results = verify_off_thread(move || {
         akd::verify::key_history_verify::<KtConfiguration>(
-            &st.keys.vrf_public_key.0,
-            history.checkpoint.root_hash.0,
-            history.checkpoint.epoch,
-            AkdLabel::from(me.as_str()),
+            &vrf,
+            cp.root_hash.0,
+            cp.epoch,
+            label,
             proof,
             HistoryVerificationParams::default(),
         )
     })
+    .await
     .map_err(|e| alarm(inner, bad(e)))?;
-    drop(guard);
     // Our own lists only move forward: a newer entry with an older list is a replay.
     let own: Vec<u64> = results
         .iter()

@@ -440,7 +440,7 @@ async fn webfinger_challenges_and_persistence() {
         assert_eq!(a.status, 200);
         assert_eq!(a.body["identity_key"], ik.to_string());
         // A public lookup shows no device certificates (docs/privacy.md).
-    assert_eq!(a.body["devices"].as_array().unwrap().len(), 0);
+        assert_eq!(a.body["devices"].as_array().unwrap().len(), 0);
     })
     .await;
     srv.shutdown().await;
