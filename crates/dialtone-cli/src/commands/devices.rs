@@ -9,9 +9,12 @@ use dialtone_proto::{
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
-use super::{
-    DeviceCommand, Fail, LockCommand, PassArgs, Result, call, client, now, now_ms, passphrase, pin,
-    print_qr,
+use super::{call, client};
+use crate::{
+    args::{DeviceCommand, LockCommand, PassArgs},
+    exit::{EXIT_DIRECTORY, Fail, Result, client_fail},
+    input::{now, now_ms, passphrase, pin},
+    render::{print_qr, printable},
 };
 
 /// The identity key, or a clear error on a linked device (which has none).
@@ -52,7 +55,7 @@ async fn current(home: &Home) -> Result<(Option<DeviceList>, Vec<DeviceEntry>, D
 
 /// The list this device published last for `identifier` under `key` (see
 /// [`Home::own_list`]), if it has one and it is intact.
-pub(super) fn last_published(
+pub(crate) fn last_published(
     home: &Home,
     identifier: &Identifier,
     key: &IdentityKey,
@@ -64,7 +67,7 @@ pub(super) fn last_published(
 }
 
 /// Keeps the list just published as this device's last (see [`Home::own_list`]).
-pub(super) fn remember(home: &Home, list: &DeviceList) {
+pub(crate) fn remember(home: &Home, list: &DeviceList) {
     if let Err(e) = home.save_own_list(list) {
         eprintln!("warning: cannot record the published device list: {e}");
     }
@@ -115,7 +118,7 @@ fn sign_next(
     })
 }
 
-pub(super) async fn run(home: &Home, c: DeviceCommand) -> Result {
+pub(crate) async fn run(home: &Home, c: DeviceCommand) -> Result {
     match c {
         DeviceCommand::Link {
             code: None,
@@ -163,13 +166,13 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
     let joined = c
         .call("devices.link_wait", json!({ "timeout_secs": timeout }))
         .await
-        .map_err(|e| super::client_fail(&e))?;
+        .map_err(|e| client_fail(&e))?;
     let device: DeviceId = serde_json::from_value(joined["device"].clone())
         .map_err(|e| anyhow::anyhow!("unexpected answer from the agent: {e}"))?;
     let name = joined["name"].as_str().unwrap_or("").to_owned();
     println!(
         "device {:?} ({}) proved the code; linking it…",
-        super::printable(&name),
+        printable(&name),
         device.short()
     );
     // Whatever stops the link here, the new device is told at once (it is waiting).
@@ -212,7 +215,7 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
     remember(home, &list);
     println!(
         "linked {:?}: it can go online with `dialtone up`, and your contacts' messages reach it too",
-        super::printable(&name)
+        printable(&name)
     );
     Ok(())
 }
@@ -266,7 +269,7 @@ async fn join(
     let linked = link::join(home, &client, &code, &name, bind)
         .await
         .map_err(|e| Fail {
-            code: super::EXIT_DIRECTORY,
+            code: EXIT_DIRECTORY,
             message: format!("the device was not linked: {e}"),
         })?;
     println!(
@@ -302,7 +305,7 @@ async fn list(home: &Home, json: bool) -> Result {
         let id = d["device_id"].as_str().unwrap_or("");
         println!(
             "  {:<20} {}{}",
-            super::printable(d["name"].as_str().unwrap_or("")),
+            printable(d["name"].as_str().unwrap_or("")),
             id.chars().take(10).collect::<String>(),
             if id == me { "  (this device)" } else { "" }
         );
@@ -343,13 +346,13 @@ async fn revoke(home: &Home, name: &str, pass: &PassArgs) -> Result {
     remember(home, &list);
     println!(
         "revoked {:?} ({}): it is off your device list and can no longer connect to anyone",
-        super::printable(&gone.name),
+        printable(&gone.name),
         gone.device_id.short()
     );
     Ok(())
 }
 
-pub(super) async fn lock(home: &Home, c: LockCommand) -> Result {
+pub(crate) async fn lock(home: &Home, c: LockCommand) -> Result {
     let (pin, pass, on) = match &c {
         LockCommand::Set { pin: p, pass } => {
             let Some(p) = pin(p)? else {
