@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("dialtone: {}", f.message);
-            ExitCode::from(f.code)
+            ExitCode::from(f.exit_code())
         }
     }
 }

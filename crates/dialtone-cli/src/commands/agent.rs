@@ -9,7 +9,7 @@ use serde_json::json;
 use super::call;
 use crate::{
     args::UpArgs,
-    exit::{EXIT_DIRECTORY, Fail, Result},
+    exit::{Fail, Result},
 };
 
 pub(crate) async fn up(home: Home, args: UpArgs) -> Result {
@@ -27,16 +27,7 @@ pub(crate) async fn up(home: Home, args: UpArgs) -> Result {
     if let Some(secs) = args.kt_monitor_interval {
         config.kt_monitor_interval = Duration::from_secs(secs.max(1));
     }
-    let agent = Agent::start(config).await.map_err(|e| {
-        let code = match e {
-            dialtone_agent::StartError::Directory(_) => EXIT_DIRECTORY,
-            _ => 1,
-        };
-        Fail {
-            code,
-            message: e.to_string(),
-        }
-    })?;
+    let agent = Agent::start(config).await?;
     let _ = std::fs::write(home.path("agent.pid"), format!("{}\n", std::process::id()));
     let st = agent.handle().status();
     println!(

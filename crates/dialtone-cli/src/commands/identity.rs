@@ -133,17 +133,13 @@ pub(crate) async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &
         .into());
     };
     let Some(code) = clean_code(code) else {
-        return Err(Fail {
-            code: 2,
-            message: format!("'{code}' is not a code: codes are 6 digits"),
-        });
+        return Err(Fail::usage(format!(
+            "'{code}' is not a code: codes are 6 digits"
+        )));
     };
     let pin = pin(pin_args)?;
     if let Some(p) = &pin {
-        check_pin(p).map_err(|m| Fail {
-            code: 2,
-            message: m,
-        })?;
+        check_pin(p).map_err(Fail::usage)?;
     }
     let client = DirectoryClient::new(&directory, settings.directory_ca.as_deref())?;
     let key = home.identity_signing_key(passphrase(pass)?.as_deref())?;
@@ -220,10 +216,7 @@ pub(crate) async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &
                 unlocked_with_pin: unlocked,
             },
         )
-        .map_err(|e| Fail {
-            code: 2,
-            message: format!("cannot make the device list: {e}"),
-        })
+        .map_err(|e| Fail::usage(format!("cannot make the device list: {e}")))
     };
     let mut unlocked = (pin.is_some() && other_key_locked) || own_unlocked;
     let mut tries = 0;
@@ -241,9 +234,7 @@ pub(crate) async fn verify(home: &Home, code: &str, pass: &PassArgs, pin_args: &
             // The lock lapsed (or was opened) unlike the public record suggested: say so
             // truthfully in the list and try once more.
             Err(DirectoryError::Refused { body, .. })
-                if body.error == ErrorCode::BadDeviceList
-                    && body.message.contains("unlocked")
-                    && tries == 0 =>
+                if body.error == ErrorCode::UnlockMismatch && tries == 0 =>
             {
                 unlocked = !unlocked;
                 tries += 1;

@@ -17,10 +17,7 @@ pub(crate) mod messages;
 pub(crate) mod status;
 
 pub(crate) fn parse_identifier(s: &str) -> Result<Identifier> {
-    Identifier::parse(s).map_err(|e| Fail {
-        code: 2,
-        message: e.to_string(),
-    })
+    Identifier::parse(s).map_err(|e| Fail::usage(e.to_string()))
 }
 
 pub(crate) async fn client(home: &Home) -> Result<Client> {

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::call;
 use crate::{
     args::StatusCommand,
-    exit::{EXIT_DIRECTORY, Fail, Result},
+    exit::{Cause, Fail, Result},
 };
 
 /// `dialtone lan`.
@@ -65,13 +65,7 @@ pub(crate) async fn connections(home: &Home, json: bool) -> Result {
 }
 
 pub(crate) async fn doctor(home: &Home, json: bool) -> Result {
-    let report = dialtone_agent::doctor::run(home).await.map_err(|e| Fail {
-        code: match e {
-            dialtone_agent::doctor::DoctorError::Directory(_) => EXIT_DIRECTORY,
-            _ => 2,
-        },
-        message: e.to_string(),
-    })?;
+    let report = dialtone_agent::doctor::run(home).await?;
     if json {
         println!("{}", serde_json::to_string(&report).context("json")?);
     } else {
@@ -82,10 +76,10 @@ pub(crate) async fn doctor(home: &Home, json: bool) -> Result {
     if report.directory_reachable {
         Ok(())
     } else {
-        Err(Fail {
-            code: EXIT_DIRECTORY,
-            message: format!("the directory {} does not answer", report.directory),
-        })
+        Err(Fail::new(
+            Cause::Directory,
+            format!("the directory {} does not answer", report.directory),
+        ))
     }
 }
 
@@ -94,12 +88,9 @@ pub(crate) async fn status(home: &Home, set: Option<StatusCommand>, json: bool) 
         let state = match state.as_str() {
             "online" | "away" | "busy" | "invisible" => state,
             other => {
-                return Err(Fail {
-                    code: 2,
-                    message: format!(
-                        "unknown state '{other}': use online, away, busy or invisible"
-                    ),
-                });
+                return Err(Fail::usage(format!(
+                    "unknown state '{other}': use online, away, busy or invisible"
+                )));
             }
         };
         call(
