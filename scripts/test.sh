@@ -46,7 +46,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
   set -e
-  summary=$(grep -E '^ *Summary .* tests? run:' "$log" | tail -n 1)
+  summary=$(grep -E '^ *Summary .* tests? run:' "$log" | tail -n 1 || true)
   passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
   failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 else
@@ -54,8 +54,8 @@ else
   cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
   set -e
-  passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
-  failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+  passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}' || true)
+  failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}' || true)
 fi
 passed=${passed:-0}
 failed=${failed:-0}
