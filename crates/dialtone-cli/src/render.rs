@@ -116,6 +116,122 @@ pub(crate) fn describe(ev: &Value) -> Option<String> {
     })
 }
 
+/// Prints an answer of the agent: as it came with `--json`, else for people.
+pub(crate) fn answer(v: &Value, json: bool, human: impl FnOnce(&Value)) {
+    if json {
+        println!("{v}");
+    } else {
+        human(v);
+    }
+}
+
+/// `dialtone lan`: the devices seen on the LAN.
+pub(crate) fn lan(peers: &Value) {
+    let list = peers.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no Dialtone devices seen on the LAN (is the agent up with --lan?)");
+    }
+    for p in list {
+        println!(
+            "{}  device {}  {}",
+            p["contact"].as_str().unwrap_or("(not a pinned contact)"),
+            p["device"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(10)
+                .collect::<String>(),
+            p["addrs"]
+        );
+    }
+}
+
+/// `dialtone status --connections`: the open peer connections.
+pub(crate) fn connections(list: &Value) {
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no open peer connections");
+    }
+    for c in items {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
+        let device: String = s("device").chars().take(8).collect();
+        let rtt = c["rtt_ms"]
+            .as_f64()
+            .map(|ms| format!("rtt {ms:.1} ms"))
+            .unwrap_or_else(|| "rtt -".into());
+        println!(
+            "{}  device {device}  {:<8}  {}  {rtt}",
+            s("identifier"),
+            s("path"),
+            c["remote_addr"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+/// `dialtone status`: this person's presence and the directory session.
+pub(crate) fn status(st: &Value) {
+    let s = |k: &str| st[k].as_str().unwrap_or("").to_owned();
+    println!(
+        "{} is {}{}",
+        s("identifier"),
+        s("state"),
+        st["message"]
+            .as_str()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "directory {} ({})",
+        s("directory"),
+        if st["directory_connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "NOT connected, retrying"
+        }
+    );
+}
+
+/// `dialtone contacts list`: contacts, requests and blocks with their presence.
+pub(crate) fn contacts(list: &Value) {
+    let Some(items) = list.as_array().filter(|a| !a.is_empty()) else {
+        println!("no contacts yet: add one with `dialtone contacts add IDENTIFIER`");
+        return;
+    };
+    for c in items {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
+        let relation = match s("relation").as_str() {
+            "accepted" => String::new(),
+            "incoming" => " (wants to be your contact: dialtone contacts accept)".into(),
+            "outgoing" => " (request sent)".into(),
+            "blocked" => " (blocked)".into(),
+            other => format!(" ({other})"),
+        };
+        let msg = c["message"]
+            .as_str()
+            .map(|m| format!(" \"{}\"", printable(m)))
+            .unwrap_or_default();
+        let key = match (s("key").as_str(), c["verified"] == true) {
+            ("changed", _) => "  KEY CHANGED!",
+            (_, true) => "  (verified)",
+            _ => "",
+        };
+        println!(
+            "{:<32} {:<9}{msg}{relation}{key}",
+            s("identifier"),
+            s("state")
+        );
+    }
+}
+
+/// `dialtone send`: who took the message.
+pub(crate) fn delivery(to: &Identifier, r: &Value) {
+    let n = r["delivered_to"].as_array().map_or(0, Vec::len);
+    println!(
+        "delivered to {to} ({n} device{})",
+        if n == 1 { "" } else { "s" }
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::printable;

@@ -7,7 +7,7 @@ use super::{call, parse_identifier};
 use crate::{
     args::ContactsCommand,
     exit::Result,
-    render::{print_safety, printable},
+    render::{self, print_safety},
 };
 
 pub(crate) async fn contacts(home: &Home, c: ContactsCommand) -> Result {
@@ -58,37 +58,6 @@ pub(crate) async fn contacts(home: &Home, c: ContactsCommand) -> Result {
 
 async fn list_contacts(home: &Home, json: bool) -> Result {
     let list = call(home, "contacts.list", json!({})).await?;
-    if json {
-        println!("{list}");
-        return Ok(());
-    }
-    let Some(items) = list.as_array().filter(|a| !a.is_empty()) else {
-        println!("no contacts yet: add one with `dialtone contacts add IDENTIFIER`");
-        return Ok(());
-    };
-    for c in items {
-        let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
-        let relation = match s("relation").as_str() {
-            "accepted" => String::new(),
-            "incoming" => " (wants to be your contact: dialtone contacts accept)".into(),
-            "outgoing" => " (request sent)".into(),
-            "blocked" => " (blocked)".into(),
-            other => format!(" ({other})"),
-        };
-        let msg = c["message"]
-            .as_str()
-            .map(|m| format!(" \"{}\"", printable(m)))
-            .unwrap_or_default();
-        let key = match (s("key").as_str(), c["verified"] == true) {
-            ("changed", _) => "  KEY CHANGED!",
-            (_, true) => "  (verified)",
-            _ => "",
-        };
-        println!(
-            "{:<32} {:<9}{msg}{relation}{key}",
-            s("identifier"),
-            s("state")
-        );
-    }
+    render::answer(&list, json, render::contacts);
     Ok(())
 }

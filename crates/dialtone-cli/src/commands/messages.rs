@@ -5,7 +5,7 @@ use dialtone_agent::Home;
 use serde_json::json;
 
 use super::{call, parse_identifier};
-use crate::exit::Result;
+use crate::{exit::Result, render};
 
 pub(crate) async fn send(home: &Home, to: &str, text: Vec<String>, json: bool) -> Result {
     let to = parse_identifier(to)?;
@@ -18,14 +18,6 @@ pub(crate) async fn send(home: &Home, to: &str, text: Vec<String>, json: bool) -
         text.join(" ")
     };
     let r = call(home, "message.send", json!({"to": to, "body": body})).await?;
-    if json {
-        println!("{r}");
-    } else {
-        let n = r["delivered_to"].as_array().map_or(0, Vec::len);
-        println!(
-            "delivered to {to} ({n} device{})",
-            if n == 1 { "" } else { "s" }
-        );
-    }
+    render::answer(&r, json, |r| render::delivery(&to, r));
     Ok(())
 }

@@ -8,59 +8,19 @@ use super::call;
 use crate::{
     args::StatusCommand,
     exit::{Cause, Fail, Result},
+    render,
 };
 
 /// `dialtone lan`.
 pub(crate) async fn lan(home: &Home, json: bool) -> Result {
     let peers = call(home, "lan.peers", json!({})).await?;
-    if json {
-        println!("{peers}");
-    } else {
-        let list = peers.as_array().cloned().unwrap_or_default();
-        if list.is_empty() {
-            println!("no Dialtone devices seen on the LAN (is the agent up with --lan?)");
-        }
-        for p in list {
-            println!(
-                "{}  device {}  {}",
-                p["contact"].as_str().unwrap_or("(not a pinned contact)"),
-                p["device"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(10)
-                    .collect::<String>(),
-                p["addrs"]
-            );
-        }
-    }
+    render::answer(&peers, json, render::lan);
     Ok(())
 }
 
 pub(crate) async fn connections(home: &Home, json: bool) -> Result {
     let list = call(home, "connections.list", json!({})).await?;
-    if json {
-        println!("{list}");
-        return Ok(());
-    }
-    let items = list.as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
-        println!("no open peer connections");
-    }
-    for c in items {
-        let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
-        let device: String = s("device").chars().take(8).collect();
-        let rtt = c["rtt_ms"]
-            .as_f64()
-            .map(|ms| format!("rtt {ms:.1} ms"))
-            .unwrap_or_else(|| "rtt -".into());
-        println!(
-            "{}  device {device}  {:<8}  {}  {rtt}",
-            s("identifier"),
-            s("path"),
-            c["remote_addr"].as_str().unwrap_or("-"),
-        );
-    }
+    render::answer(&list, json, render::connections);
     Ok(())
 }
 
@@ -106,28 +66,6 @@ pub(crate) async fn status(home: &Home, set: Option<StatusCommand>, json: bool) 
         return Ok(());
     }
     let st = call(home, "agent.status", json!({})).await?;
-    if json {
-        println!("{st}");
-    } else {
-        let s = |k: &str| st[k].as_str().unwrap_or("").to_owned();
-        println!(
-            "{} is {}{}",
-            s("identifier"),
-            s("state"),
-            st["message"]
-                .as_str()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        );
-        println!(
-            "directory {} ({})",
-            s("directory"),
-            if st["directory_connected"].as_bool() == Some(true) {
-                "connected"
-            } else {
-                "NOT connected, retrying"
-            }
-        );
-    }
+    render::answer(&st, json, render::status);
     Ok(())
 }
