@@ -102,6 +102,7 @@ impl From<SendError> for RpcError {
                 data: Some(json!({ "refusal": refusal.as_str() })),
             },
             SendError::Session(s) => s.into(),
+            SendError::DirectoryUnavailable(m) => Self::new(codes::NOT_CONNECTED, m),
             SendError::Invalid(m) => Self::new(codes::INVALID_PARAMS, m),
         }
     }

@@ -245,6 +245,10 @@ pub enum SendError {
     /// The directory could not be asked.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The transparency log could not be checked (the directory is down, unreachable, or
+    /// refused the lookup), so nothing was proven, sent or pinned. Not an attack; try again.
+    #[error("{0}")]
+    DirectoryUnavailable(String),
     /// The message is not acceptable (empty, too long).
     #[error("{0}")]
     Invalid(String),
@@ -986,6 +990,9 @@ impl AgentHandle {
                 refusal: Refusal::DirectoryUntrusted,
                 message: format!("WARNING: {f}. The key was not trusted."),
             }),
+            Err(f @ kt::KtFailure::Unavailable(_)) => {
+                Err(SendError::DirectoryUnavailable(f.to_string()))
+            }
             Err(f) => Err(SendError::Invalid(f.to_string())),
         }
     }

@@ -421,6 +421,11 @@ impl AgentHandle {
             Ok(_) => Err(crate::SendError::Invalid(
                 "the transparency log binds another key to this account: see `dialtone watch` for the warning".into(),
             )),
+            Err(f @ crate::kt::KtFailure::Unavailable(_)) => Err(
+                crate::SendError::DirectoryUnavailable(format!(
+                    "cannot prove this account's device list: {f}"
+                )),
+            ),
             Err(f) => Err(crate::SendError::Invalid(format!(
                 "cannot prove this account's device list: {f}"
             ))),

@@ -411,6 +411,11 @@ pub(crate) async fn send_text(
     }
     // The key must be the one the transparency log proves before anything goes to it.
     if let Err(f) = crate::kt::ensure(inner, &to, &contact.identity_key).await {
+        if let crate::kt::KtFailure::Unavailable(_) = f {
+            return Err(SendError::DirectoryUnavailable(format!(
+                "{f}; nothing was sent"
+            )));
+        }
         if !f.is_attack() {
             return Err(SendError::Invalid(format!("{f}; nothing was sent")));
         }
@@ -504,7 +509,7 @@ async fn lan_send(inner: &Arc<Inner>, to: Identifier, body: String) -> Result<De
         return Err(SendError::refused(Refusal::NotAContact, &to));
     }
     let Some(pin) = pin else {
-        return Err(SendError::Invalid(format!(
+        return Err(SendError::DirectoryUnavailable(format!(
             "the directory is unreachable, and {to} is not a contact you have talked to before \
              (no pinned key), so they cannot be found on the LAN; try again when the directory \
              is back"

@@ -4,7 +4,8 @@
 //! fails if any figure is missing.
 //!
 //! Needs root (Prosody runs as its own user) and what `scripts/setup.sh` installs; build the
-//! binaries first (`cargo build --bins`, as `scripts/test.sh` does).
+//! binaries first (`cargo build --bins`, as `scripts/test.sh` does). Without root it is
+//! counted as skipped (`dialtone_testkit::skip`).
 
 use std::{path::PathBuf, process::Command};
 
@@ -12,11 +13,25 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[test]
-fn comparison_suite_smoke() {
+/// Why the suite cannot run on this machine, if it cannot.
+fn cannot_run() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED comparison_suite_smoke: needs root (Prosody runs as the prosody user)");
+        return Some("needs root (Prosody runs as the prosody user)".into());
+    }
+    let prosody_user = Command::new("id")
+        .args(["-u", "prosody"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !prosody_user {
+        return Some("there is no prosody user (scripts/setup.sh installs Prosody)".into());
+    }
+    None
+}
+
+#[test]
+fn comparison_suite_smoke() {
+    if dialtone_testkit::skip_if("comparison_suite_smoke", cannot_run()) {
         return;
     }
     let root = root();

@@ -8,7 +8,8 @@
 //! NAT kind.
 //!
 //! Needs root: run in their own nextest test group (`.config/nextest.toml`, one at a time);
-//! without root or `ip netns`, every test here prints SKIPPED and passes.
+//! without root or `ip netns`, every test here is skipped, and `scripts/test.sh` counts it as
+//! skipped, not passed (`dialtone_testkit::skip`).
 
 use std::time::{Duration, Instant};
 

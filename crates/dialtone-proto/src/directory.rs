@@ -317,6 +317,10 @@ pub enum ErrorCode {
     /// A device list was refused (not signed by the account's key, an old version, a device
     /// without a certificate, the requesting device missing).
     BadDeviceList,
+    /// A registration's device list claims `unlocked_with_pin` where this registration opened
+    /// no lock, or does not claim it where the PIN opened one (the lock lapsed, or was in
+    /// force, unlike the public record suggested): sign the list again with the claim flipped.
+    UnlockMismatch,
     /// The directory failed; not the client's fault.
     Internal,
 }

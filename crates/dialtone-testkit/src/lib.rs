@@ -19,6 +19,9 @@ use std::{
 use serde_json::Value;
 
 pub mod netns;
+pub mod skip;
+
+pub use skip::{skip, skip_if};
 
 /// A command for `program`, run inside network namespace `netns` if given
 /// (`ip netns exec NS PROGRAM`).

@@ -16,8 +16,8 @@
 //! picks a new port for the next outbound packet: the NAT turns symmetric and hole punching
 //! fails — an artefact of the lab, not of the code under test.
 //!
-//! Needs root. [`unavailable`] says why the lab cannot run here, so tests can skip with a clear
-//! message.
+//! Needs root. [`unavailable`] says why the lab cannot run here, and [`skip_if_unavailable`]
+//! skips a test then, counted as skipped.
 
 use std::{
     io::Write,
@@ -64,16 +64,13 @@ fn check_available() -> Option<String> {
     None
 }
 
-/// Skips the calling test with a clear message when the lab cannot run. Returns `true` if the
-/// test must return at once.
+/// Skips the calling test, counted as skipped (see [`crate::skip`]), when the lab cannot run
+/// here or `DIALTONE_FORCE_SKIP` is set. Returns `true` if the test must return at once.
 pub fn skip_if_unavailable(test: &str) -> bool {
-    match unavailable() {
-        None => false,
-        Some(why) => {
-            eprintln!("SKIPPED {test}: the network-namespace lab cannot run: {why}");
-            true
-        }
-    }
+    crate::skip::skip_if(
+        test,
+        unavailable().map(|why| format!("the network-namespace lab cannot run: {why}")),
+    )
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

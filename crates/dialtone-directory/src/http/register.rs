@@ -299,10 +299,11 @@ pub(super) async fn register_confirm(
                     && !pin_given
                     && !published.as_ref().is_some_and(|l| l.unlocked_with_pin)
                 {
-                    return Err(StoreError::Invalid(
-                        "the device list says it was unlocked with a PIN, but no lock was opened"
-                            .into(),
-                    ));
+                    return Ok(Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::UnlockMismatch,
+                        "the device list says it was unlocked with a PIN, but no lock was opened; run `dialtone register` again",
+                    )));
                 }
             }
             // A lock asked for without a PIN: only the same key keeping the lock it has.
@@ -314,7 +315,7 @@ pub(super) async fn register_confirm(
                     "the device list turns on a registration lock but gives no PIN".into(),
                 ));
             }
-            q::bind(c, &id, &key, &cert, list.as_ref(), lock, now)
+            q::bind(c, &id, &key, &cert, list.as_ref(), lock, now).map(Ok)
         })
         .await
         .map_err(|e| match e {
@@ -324,7 +325,7 @@ pub(super) async fn register_confirm(
                 format!("{m}; run `dialtone register` again"),
             ),
             e => e.into(),
-        })?;
+        })??;
     info!(replaced, "identifier bound");
     st.kt.notify();
     // A new key removes every old device; a re-registration with the same key and a list
@@ -452,8 +453,10 @@ fn check_registration_list(
     // Without a PIN given now, the list may still say it was unlocked with one if it is a
     // re-registration of a key that was (checked with the store, below).
     if pin_given && !list.unlocked_with_pin {
-        return Err(bad(
-            "the device list must say it was unlocked with the PIN".into()
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnlockMismatch,
+            "the device list must say it was unlocked with the PIN",
         ));
     }
     match (list.registration_lock, &req.pin) {

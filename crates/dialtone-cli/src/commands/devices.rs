@@ -2,28 +2,28 @@
 
 use dialtone_agent::{DirectoryClient, Home, home::Settings, link};
 use dialtone_proto::{
-    DeviceCertificate, DeviceId, Identifier, IdentityKey,
+    DeviceCertificate, DeviceId, Identifier, IdentityKey, Refusal,
     devices::{DeviceEntry, DeviceList, DeviceListContent},
     directory::check_pin,
 };
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
-use super::{
-    DeviceCommand, Fail, LockCommand, PassArgs, Result, call, client, now, now_ms, passphrase, pin,
-    print_qr,
+use super::{call, client};
+use crate::{
+    args::{DeviceCommand, LockCommand, PassArgs},
+    exit::{Cause, Fail, Result, client_fail, link_cause},
+    input::{now, now_ms, passphrase, pin},
+    render::{print_qr, printable},
 };
 
 /// The identity key, or a clear error on a linked device (which has none).
 fn identity(home: &Home, pass: &PassArgs) -> Result<SigningKey> {
     if home.is_linked() {
-        return Err(Fail {
-            code: 2,
-            message:
-                "this device was linked and holds no identity key: link, revoke and lock from \
-                      the device that has it (the one you registered with)"
-                    .into(),
-        });
+        return Err(Fail::usage(
+            "this device was linked and holds no identity key: link, revoke and lock from \
+             the device that has it (the one you registered with)",
+        ));
     }
     Ok(home.identity_signing_key(passphrase(pass)?.as_deref())?)
 }
@@ -52,7 +52,7 @@ async fn current(home: &Home) -> Result<(Option<DeviceList>, Vec<DeviceEntry>, D
 
 /// The list this device published last for `identifier` under `key` (see
 /// [`Home::own_list`]), if it has one and it is intact.
-pub(super) fn last_published(
+pub(crate) fn last_published(
     home: &Home,
     identifier: &Identifier,
     key: &IdentityKey,
@@ -64,7 +64,7 @@ pub(super) fn last_published(
 }
 
 /// Keeps the list just published as this device's last (see [`Home::own_list`]).
-pub(super) fn remember(home: &Home, list: &DeviceList) {
+pub(crate) fn remember(home: &Home, list: &DeviceList) {
     if let Err(e) = home.save_own_list(list) {
         eprintln!("warning: cannot record the published device list: {e}");
     }
@@ -90,13 +90,13 @@ fn sign_next(
         && old.is_none_or(|o| o.identity_key == mine.identity_key)
         && shown < mine.version
     {
-        return Err(Fail {
-            code: 18,
-            message: format!(
+        return Err(Fail::new(
+            Cause::Refused(Refusal::DirectoryUntrusted),
+            format!(
                 "WARNING: the directory's log shows an older device list (version {shown}) than the one this device published last (version {}): it may be replaying an old list. Nothing was changed; tell the directory's operator. If it really lost its records (a restored backup), `dialtone register` and `dialtone verify` publish your list again",
                 mine.version
             ),
-        });
+        ));
     }
     let previous = old.map(|l| l.version).max(mine.map(|l| l.version));
     DeviceList::sign(
@@ -109,13 +109,10 @@ fn sign_next(
             unlocked_with_pin: old.is_some_and(|l| l.unlocked_with_pin),
         },
     )
-    .map_err(|e| Fail {
-        code: 2,
-        message: e.to_string(),
-    })
+    .map_err(|e| Fail::usage(e.to_string()))
 }
 
-pub(super) async fn run(home: &Home, c: DeviceCommand) -> Result {
+pub(crate) async fn run(home: &Home, c: DeviceCommand) -> Result {
     match c {
         DeviceCommand::Link {
             code: None,
@@ -163,25 +160,22 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
     let joined = c
         .call("devices.link_wait", json!({ "timeout_secs": timeout }))
         .await
-        .map_err(|e| super::client_fail(&e))?;
+        .map_err(|e| client_fail(&e))?;
     let device: DeviceId = serde_json::from_value(joined["device"].clone())
         .map_err(|e| anyhow::anyhow!("unexpected answer from the agent: {e}"))?;
     let name = joined["name"].as_str().unwrap_or("").to_owned();
     println!(
         "device {:?} ({}) proved the code; linking it…",
-        super::printable(&name),
+        printable(&name),
         device.short()
     );
     // Whatever stops the link here, the new device is told at once (it is waiting).
     let prepared = async {
         let (old, mut entries, _) = current(home).await?;
         if entries.iter().any(|e| e.name == name) {
-            return Err(Fail {
-                code: 2,
-                message: format!(
+            return Err(Fail::usage(format!(
                     "a device named {name:?} exists already: link again and pick another --name on the new device"
-                ),
-            });
+                )));
         }
         entries.push(DeviceEntry {
             device_id: device,
@@ -189,10 +183,7 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
             added_at: now(),
         });
         let list = sign_next(&key, home, old.as_ref(), entries, None)?;
-        let cert = DeviceCertificate::issue(&key, device, &name, now()).map_err(|e| Fail {
-            code: 2,
-            message: e.to_string(),
-        })?;
+        let cert = DeviceCertificate::issue(&key, device, &name, now()).map_err(|e| Fail::usage(e.to_string()))?;
         Ok((list, cert))
     }
     .await;
@@ -212,7 +203,7 @@ async fn show_code(home: &Home, timeout: u64, pass: &PassArgs) -> Result {
     remember(home, &list);
     println!(
         "linked {:?}: it can go online with `dialtone up`, and your contacts' messages reach it too",
-        super::printable(&name)
+        printable(&name)
     );
     Ok(())
 }
@@ -232,30 +223,22 @@ async fn join(
     name: Option<String>,
     bind: Vec<std::net::SocketAddr>,
 ) -> Result {
-    let (code, from_ticket) = link::parse_ticket(given).map_err(|m| Fail {
-        code: 2,
-        message: m,
-    })?;
+    let (code, from_ticket) = link::parse_ticket(given).map_err(Fail::usage)?;
     let Some(directory) = directory.or(from_ticket) else {
-        return Err(Fail {
-            code: 2,
-            message: "which directory? pass --directory URL (the other device prints it), or use --ticket".into(),
-        });
+        return Err(Fail::usage(
+            "which directory? pass --directory URL (the other device prints it), or use --ticket",
+        ));
     };
     let Some(name) = name else {
-        return Err(Fail {
-            code: 2,
-            message: "name this device with --name (for example --name laptop)".into(),
-        });
+        return Err(Fail::usage(
+            "name this device with --name (for example --name laptop)",
+        ));
     };
     if home.path("identity.pub").exists() {
-        return Err(Fail {
-            code: 2,
-            message: format!(
-                "{} holds an identity already; link into a new, empty --home",
-                home.root().display()
-            ),
-        });
+        return Err(Fail::usage(format!(
+            "{} holds an identity already; link into a new, empty --home",
+            home.root().display()
+        )));
     }
     let client = DirectoryClient::new(&directory, ca.as_deref())?;
     let ca = ca.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
@@ -265,10 +248,7 @@ async fn join(
     })?;
     let linked = link::join(home, &client, &code, &name, bind)
         .await
-        .map_err(|e| Fail {
-            code: super::EXIT_DIRECTORY,
-            message: format!("the device was not linked: {e}"),
-        })?;
+        .map_err(|e| Fail::new(link_cause(&e), format!("the device was not linked: {e}")))?;
     println!(
         "this device ({}) is now linked to {} (identity {}); {} contact key{} came along",
         linked.cert.name,
@@ -302,7 +282,7 @@ async fn list(home: &Home, json: bool) -> Result {
         let id = d["device_id"].as_str().unwrap_or("");
         println!(
             "  {:<20} {}{}",
-            super::printable(d["name"].as_str().unwrap_or("")),
+            printable(d["name"].as_str().unwrap_or("")),
             id.chars().take(10).collect::<String>(),
             if id == me { "  (this device)" } else { "" }
         );
@@ -323,19 +303,15 @@ async fn revoke(home: &Home, name: &str, pass: &PassArgs) -> Result {
     let (old, mut entries, me) = current(home).await?;
     let Some(pos) = entries.iter().position(|e| e.name == name) else {
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        return Err(Fail {
-            code: 2,
-            message: format!(
-                "no device named {name:?}; the devices are: {}",
-                names.join(", ")
-            ),
-        });
+        return Err(Fail::usage(format!(
+            "no device named {name:?}; the devices are: {}",
+            names.join(", ")
+        )));
     };
     if entries[pos].device_id == me {
-        return Err(Fail {
-            code: 2,
-            message: "this is the device you are on: revoke it from another device".into(),
-        });
+        return Err(Fail::usage(
+            "this is the device you are on: revoke it from another device",
+        ));
     }
     let gone = entries.remove(pos);
     let list = sign_next(&key, home, old.as_ref(), entries, None)?;
@@ -343,25 +319,21 @@ async fn revoke(home: &Home, name: &str, pass: &PassArgs) -> Result {
     remember(home, &list);
     println!(
         "revoked {:?} ({}): it is off your device list and can no longer connect to anyone",
-        super::printable(&gone.name),
+        printable(&gone.name),
         gone.device_id.short()
     );
     Ok(())
 }
 
-pub(super) async fn lock(home: &Home, c: LockCommand) -> Result {
+pub(crate) async fn lock(home: &Home, c: LockCommand) -> Result {
     let (pin, pass, on) = match &c {
         LockCommand::Set { pin: p, pass } => {
             let Some(p) = pin(p)? else {
-                return Err(Fail {
-                    code: 2,
-                    message: "give the PIN with --pin-file FILE or DIALTONE_PIN".into(),
-                });
+                return Err(Fail::usage(
+                    "give the PIN with --pin-file FILE or DIALTONE_PIN",
+                ));
             };
-            check_pin(&p).map_err(|m| Fail {
-                code: 2,
-                message: m,
-            })?;
+            check_pin(&p).map_err(Fail::usage)?;
             (Some(p), pass, true)
         }
         LockCommand::Clear { pass } => (None, pass, false),
