@@ -92,11 +92,31 @@ pub enum Event {
         #[serde(flatten)]
         path: dialtone_net::PathInfo,
     },
+    /// Another front end of this device sent a message, and it was delivered (so every front
+    /// end of the person shows the conversation; kept in memory only, like a message).
+    MessageSent {
+        /// The recipient.
+        to: Identifier,
+        /// The message's id (as in the sender's `message.send` result).
+        id: MessageId,
+        /// Our clock, ms since the Unix epoch.
+        sent_at_ms: u64,
+        /// The text.
+        body: String,
+    },
+    /// This front end did not keep up and was cut off: `missed` events were dropped. It is
+    /// the last event of the subscription.
+    Lagged {
+        /// Events dropped.
+        missed: u64,
+    },
 }
 
 impl Inner {
-    pub(crate) fn emit(&self, event: Event) -> u32 {
-        u32::try_from(self.events.send(event).unwrap_or(0)).unwrap_or(u32::MAX)
+    /// Hands an event to every front end (a message goes through `FrontEnds::deliver`
+    /// instead, which waits until one took it).
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.send(event);
     }
 
     pub(crate) fn set_connected(&self, up: bool) {

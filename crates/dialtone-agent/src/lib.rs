@@ -22,11 +22,13 @@ mod contacts;
 pub mod dirclient;
 pub mod doctor;
 mod events;
+mod frontends;
 pub mod home;
 pub mod kt;
 pub mod lan;
 pub mod link;
 mod peer;
+mod recent;
 mod send;
 mod session;
 mod status;
@@ -44,14 +46,19 @@ use dialtone_proto::{
     directory::{ContactEntry, PresenceState, Request},
 };
 use ed25519_dalek::SigningKey;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use dirclient::{DirectoryClient, DirectoryError};
 pub use events::Event;
+pub use frontends::{
+    DELIVER_WAIT, FrontEndId, MAX_FRONT_ENDS, QUEUE_LEN, STUCK_AFTER, Subscription,
+};
 pub use home::{Home, HomeError};
-pub use send::{Delivery, DeviceDelivery, SendError};
+pub use send::{
+    CLIENT_ID_TTL, Delivery, DeviceDelivery, MAX_CLIENT_ID_LEN, SendError, SendOptions,
+};
 pub use session::SessionError;
 pub use status::{ConnectionView, ContactView, SafetyView, StatusView};
 
@@ -181,7 +188,13 @@ pub(crate) struct Inner {
     endpoint: Endpoint,
     session: session::SessionHandle,
     state: Mutex<State>,
-    events: broadcast::Sender<Event>,
+    /// The front ends events and messages are handed to.
+    events: Arc<frontends::FrontEnds>,
+    /// `message.send`'s `client_id`s (to, client id) → outcome: a retry is not sent again.
+    sent: recent::Recent<(Identifier, String), send::Outcome>,
+    /// Messages shown lately (sender's device, id) → our answer: a duplicate is answered
+    /// again, not shown twice.
+    seen: recent::Recent<(DeviceId, dialtone_proto::wire::MessageId), dialtone_proto::wire::Frame>,
     connected: watch::Sender<bool>,
     addr_rx: watch::Receiver<()>,
     config: AgentConfig,
@@ -275,7 +288,6 @@ impl Agent {
             None
         };
         let (session, session_rx) = session::SessionHandle::new();
-        let (events, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
         let pins = home.pins()?;
         let kt_state = home.kt_state()?.filter(|s| s.directory == directory);
@@ -296,7 +308,9 @@ impl Agent {
                 warned: HashSet::new(),
                 conns: HashMap::new(),
             }),
-            events,
+            events: Arc::default(),
+            sent: recent::Recent::new(send::CLIENT_IDS_KEPT, CLIENT_ID_TTL),
+            seen: recent::Recent::new(4096, Duration::from_secs(120)),
             connected: watch::channel(false).0,
             addr_rx,
             relay,
@@ -349,6 +363,7 @@ impl Agent {
     /// connections are closed, the API socket is removed.
     pub async fn shutdown(mut self) {
         self.inner.cancel.cancel();
+        self.inner.events.close_all();
         for (_, pc) in self.inner.lock().conns.drain() {
             dialtone_net::close(&pc.conn, dialtone_proto::wire::CloseCode::Shutdown);
         }
@@ -411,9 +426,12 @@ impl Inner {
 }
 
 impl AgentHandle {
-    /// Streams events (messages, presence, requests, warnings) from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+    /// Streams events (messages, presence, requests, warnings) from now on, as a front end:
+    /// a message counts as shown once this subscription returned it, and one that does not
+    /// read its events promptly is cut off (see [`Subscription`]). `None` if
+    /// [`MAX_FRONT_ENDS`] front ends are attached already.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        self.inner.events.attach()
     }
 
     /// Resolves once the directory session is up (or after `timeout`); returns whether it is.
