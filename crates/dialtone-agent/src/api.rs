@@ -215,7 +215,7 @@ async fn serve_conn(agent: AgentHandle, stream: UnixStream) {
         () = read_loop(&agent, read, out, &cancel) => {}
     }
     // The client closed its side: requests in flight still answer; the writer ends once they
-    // have (or, subscribed, when the connection breaks).
+    // have.
     let _ = writer.await;
     cancel.cancel();
 }
@@ -329,7 +329,6 @@ async fn write_loop(
     cancel: CancellationToken,
 ) {
     let mut sub: Option<Subscription> = None;
-    let mut answering = true;
     loop {
         enum Next {
             Out(Out),
@@ -338,12 +337,10 @@ async fn write_loop(
         let next = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            o = out.recv(), if answering => match o {
+            // `None` once the client closed its side and every request in flight answered:
+            // the connection ends (a subscription with it).
+            o = out.recv() => match o {
                 Some(o) => Next::Out(o),
-                None if sub.is_some() => {
-                    answering = false;
-                    continue;
-                }
                 None => return,
             },
             Some(n) = next_event(&mut sub) => Next::Event(n),
