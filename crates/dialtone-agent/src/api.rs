@@ -336,13 +336,14 @@ async fn write_loop(
         }
         let next = tokio::select! {
             biased;
-            () = cancel.cancelled() => return,
+            // Answers first, also when the agent stops (`agent.shutdown` is answered).
             // `None` once the client closed its side and every request in flight answered:
             // the connection ends (a subscription with it).
             o = out.recv() => match o {
                 Some(o) => Next::Out(o),
                 None => return,
             },
+            () = cancel.cancelled() => return,
             Some(n) = next_event(&mut sub) => Next::Event(n),
         };
         let (bytes, taken) = match next {
