@@ -360,3 +360,71 @@ fn other_front_ends_see_message_sent() {
         c.seen
     );
 }
+
+/// Point 1: the receiver ignores a duplicate message id from the same device — the sender's
+/// one redial after a lost answer would otherwise show the message twice — and acknowledges it
+/// again. The test speaks the peer protocol as alice's device (with her keys, her agent
+/// stopped) and sends the same `text` frame on two streams.
+#[test]
+fn a_duplicate_message_id_is_shown_once() {
+    use dialtone_proto::{
+        DeviceId,
+        directory::EndpointInfo,
+        wire::{Frame, Hello, MessageId, PROTOCOL_VERSION},
+    };
+    let (_dir, alice, bob) = pair();
+    let mut w = bob.watch();
+    let status = bob.run(&["status", "--json"]).ok().json();
+    let device = DeviceId::from_hex(status["device"].as_str().unwrap()).unwrap();
+    let endpoint: EndpointInfo = serde_json::from_value(status["endpoint"].clone()).unwrap();
+    alice.down();
+    let home = dialtone_agent::Home::open(&alice.home).unwrap();
+    let secret = *home.device_secret().unwrap();
+    let cert = home.device_cert().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acks = rt.block_on(async {
+        let mut cfg = dialtone_net::EndpointConfig::new(secret);
+        cfg.bind = vec!["127.0.0.1:0".parse().unwrap()];
+        cfg.portmapper = false;
+        let ep = dialtone_net::bind(&cfg).await.unwrap();
+        let conn = dialtone_net::connect(&ep, &device, &endpoint, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            identifier: dialtone_proto::Identifier::parse(ALICE).unwrap(),
+            device_cert: cert,
+            checkpoint: None,
+        });
+        dialtone_net::write_frame(&mut send, &hello).await.unwrap();
+        let _ = send.finish();
+        let theirs = dialtone_net::read_frame(&mut recv).await.unwrap();
+        assert!(matches!(theirs, Frame::Hello(_)), "{theirs:?}");
+        let text = Frame::Text {
+            id: MessageId([7; 16]),
+            sent_at_ms: 1,
+            body: "only once".into(),
+        };
+        let mut acks = Vec::new();
+        for _ in 0..2 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            dialtone_net::write_frame(&mut send, &text).await.unwrap();
+            let _ = send.finish();
+            acks.push(dialtone_net::read_frame(&mut recv).await.unwrap());
+        }
+        conn.close(0u32.into(), b"done");
+        ep.close().await;
+        acks
+    });
+    for a in &acks {
+        assert!(matches!(a, Frame::Ack { shown_to: 1, .. }), "{acks:?}");
+    }
+    w.expect("the message", Duration::from_secs(5), |e| {
+        e["body"] == "only once"
+    });
+    w.seen.clear();
+    w.expect_none("the duplicate", Duration::from_secs(2), |e| {
+        e["body"] == "only once"
+    });
+}
