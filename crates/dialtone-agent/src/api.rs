@@ -526,6 +526,8 @@ impl LineReader {
                 let mut line = std::mem::replace(&mut self.buf, rest);
                 self.scanned = 0;
                 if std::mem::take(&mut self.skipping) || end > self.max {
+                    // An idle connection does not keep the oversize line's capacity.
+                    self.buf.shrink_to(READ_CHUNK);
                     return Some(Line::TooLong);
                 }
                 line.truncate(end);
@@ -714,8 +716,12 @@ impl Client {
         let stream = UnixStream::connect(path).await.map_err(|_| {
             ClientError::NotRunning(path.parent().unwrap_or(path).display().to_string())
         })?;
+        Ok(Self::from_stream(stream))
+    }
+
+    fn from_stream(stream: UnixStream) -> Self {
         let (read, write) = stream.into_split();
-        Ok(Self {
+        Self {
             read,
             write,
             lines: LineReader::new(CLIENT_MAX_LINE),
@@ -723,7 +729,7 @@ impl Client {
             kept: VecDeque::new(),
             missed: 0,
             next_id: 1,
-        })
+        }
     }
 
     /// Calls a method and waits for its answer. Notifications that arrive meanwhile are kept
@@ -797,5 +803,97 @@ impl Client {
                 "agent closed the connection",
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `bytes` to the client in small pieces, pausing between them.
+    async fn dribble(w: &mut UnixStream, bytes: &[u8]) {
+        for piece in bytes.chunks(7) {
+            w.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// `next_message` raced against a timer that keeps winning loses nothing half-read, and a
+    /// notification that arrives during `call` is kept for `next_message`.
+    #[tokio::test]
+    async fn the_client_is_cancel_safe_and_keeps_notifications() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let mut client = Client::from_stream(ours);
+        let note = line_bytes(
+            &json!({"jsonrpc":"2.0","method":"event","params":{"event":"x","body":"a".repeat(2000)}}),
+        );
+        let feeder = tokio::spawn(async move {
+            dribble(&mut agent, &note).await;
+            agent
+        });
+        let msg = loop {
+            tokio::select! {
+                m = client.next_message() => break m.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        };
+        assert_eq!(msg["params"]["body"].as_str().unwrap().len(), 2000);
+        let mut agent = feeder.await.unwrap();
+
+        // A call: a notification comes first, then the answer.
+        let answer = tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut lines = LineReader::new(MAX_LINE);
+            if let Some(Line::Complete(l)) = lines.next(&mut agent).await.unwrap() {
+                req = l;
+            }
+            let req: Value = serde_json::from_slice(&req).unwrap();
+            let id = req["id"].clone();
+            dribble(
+                &mut agent,
+                &line_bytes(&json!({"jsonrpc":"2.0","method":"event","params":{"event":"during"}})),
+            )
+            .await;
+            dribble(
+                &mut agent,
+                &line_bytes(&ok_response(id, json!({"ok": true}))),
+            )
+            .await;
+            agent
+        });
+        let r = client.call("agent.status", json!({})).await.unwrap();
+        assert_eq!(r["ok"], true);
+        let kept = client.next_message().await.unwrap();
+        assert_eq!(kept["params"]["event"], "during");
+        drop(answer.await.unwrap());
+    }
+
+    /// An oversize line is skipped with a bounded buffer, and the next line is read whole.
+    #[tokio::test]
+    async fn an_oversize_line_is_skipped_without_keeping_it() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let writer = tokio::spawn(async move {
+            a.write_all(&vec![b'z'; 3 * MAX_LINE]).await.unwrap();
+            a.write_all(b"\n{\"ok\":1}\n").await.unwrap();
+        });
+        let mut lines = LineReader::new(MAX_LINE);
+        let mut peak = 0;
+        let first = loop {
+            tokio::select! {
+                l = lines.next(&mut b) => break l.unwrap(),
+                () = tokio::time::sleep(Duration::from_micros(50)) => {}
+            }
+            peak = peak.max(lines.buf.capacity());
+        };
+        assert!(matches!(first, Some(Line::TooLong)), "{first:?}");
+        assert!(
+            peak <= 2 * (MAX_LINE + READ_CHUNK),
+            "buffer grew to {peak} bytes"
+        );
+        match lines.next(&mut b).await.unwrap() {
+            Some(Line::Complete(l)) => assert_eq!(l, b"{\"ok\":1}"),
+            other => panic!("{other:?}"),
+        }
+        writer.await.unwrap();
     }
 }
