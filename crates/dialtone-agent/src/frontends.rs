@@ -12,7 +12,7 @@
 //!   acknowledgement says how many took it (`shown_to`); none is a `no-front-end` refusal.
 //! - A stuck front end is cut off, never allowed to hold messages in memory: its queue is
 //!   full, its oldest event has waited more than [`STUCK_AFTER`], or it did not take a message
-//!   within [`DELIVER_WAIT`]. Its queue is emptied at once, it gets a `lagged` event if it
+//!   within [`DELIVER_WAIT`] (seen at the end of that wait, or at the next event handed to it). Its queue is emptied at once, it gets a `lagged` event if it
 //!   still reads, and it ends (a socket front end's connection is closed).
 
 use std::{
@@ -32,8 +32,9 @@ use crate::Event;
 
 /// Events a front end may have waiting before it is cut off as stuck.
 pub const QUEUE_LEN: usize = 128;
-/// How long a front end's oldest event may wait before it is cut off as stuck.
-pub const STUCK_AFTER: Duration = Duration::from_secs(2);
+/// How long a front end's oldest event may wait before it is cut off as stuck (a message:
+/// [`DELIVER_WAIT`]). Generous: a front end that reads, even on a loaded machine, keeps up.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// How long a message waits for a front end to take it before it is refused `no-front-end`
 /// (the sender waits 5 s for the acknowledgement).
 pub const DELIVER_WAIT: Duration = Duration::from_millis(2500);
@@ -97,11 +98,17 @@ impl Queue {
         if st.closed {
             return false;
         }
+        // A message not taken within the wait its sender was given, or any event not taken
+        // for much longer: this front end does not read.
         let stuck = st.items.len() >= QUEUE_LEN
-            || st
-                .items
-                .front()
-                .is_some_and(|i| i.at.elapsed() > STUCK_AFTER);
+            || st.items.front().is_some_and(|i| {
+                let limit = if i.taken.is_some() {
+                    DELIVER_WAIT
+                } else {
+                    STUCK_AFTER
+                };
+                i.at.elapsed() > limit
+            });
         if stuck {
             cut(&mut st, 1);
             drop(st);
