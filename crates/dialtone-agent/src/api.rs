@@ -3,25 +3,46 @@
 //! method with examples. A connection may call `events.subscribe`; from then on the agent also
 //! writes event notifications (`{"jsonrpc":"2.0","method":"event","params":{…}}`) to it.
 
-use std::{io, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use dialtone_proto::{Identifier, Refusal, directory::PresenceState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
-    sync::broadcast::error::RecvError,
+    sync::{Semaphore, mpsc},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{AgentHandle, SendError, SessionError};
+use crate::{AgentHandle, FrontEndId, SendError, SendOptions, SessionError, Subscription};
 
-/// Longest request line, in bytes.
+mod client;
+mod lines;
+
+pub use client::{Client, ClientError};
+use lines::{Line, LineReader};
+
+/// Longest request line, in bytes; a longer one is skipped (nothing of it is kept) and
+/// answered `-32600`.
 pub const MAX_LINE: usize = 256 * 1024;
+/// Requests in flight at once on one connection; one more is answered `-32004` at once.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Connections served at once; one more is told so (`-32004`) and closed.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Longest line a [`Client`] accepts from the agent.
+pub const CLIENT_MAX_LINE: usize = 8 * 1024 * 1024;
+/// Notifications a [`Client`] keeps while it waits for an answer in [`Client::call`].
+pub const CLIENT_KEPT: usize = 1024;
 
 /// JSON-RPC error codes of the local API besides the standard ones and the refusals
-/// ([`Refusal::rpc_code`], `-32010` … `-32017`).
+/// ([`Refusal::rpc_code`], `-32010` … `-32020`).
 pub mod codes {
     /// Invalid JSON.
     pub const PARSE_ERROR: i64 = -32700;
@@ -37,6 +58,8 @@ pub mod codes {
     pub const DIRECTORY: i64 = -32002;
     /// The agent failed.
     pub const AGENT: i64 = -32003;
+    /// Too many requests in flight on this connection, connections, or front ends.
+    pub const TOO_MANY: i64 = -32004;
 }
 
 /// A JSON-RPC error object.
@@ -126,8 +149,9 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 pub(crate) async fn serve(agent: AgentHandle, listener: UnixListener) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             _ = agent.inner.cancel.cancelled() => return,
             s = listener.accept() => match s {
                 Ok((s, _)) => s,
@@ -137,7 +161,29 @@ pub(crate) async fn serve(agent: AgentHandle, listener: UnixListener) {
                 }
             },
         };
-        tokio::spawn(serve_conn(agent.clone(), stream));
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Told why, then closed; never left waiting.
+            let busy = error_response(
+                Value::Null,
+                RpcError::new(
+                    codes::TOO_MANY,
+                    format!("the agent serves {MAX_CONNECTIONS} connections at most; close one"),
+                ),
+            );
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(&line_bytes(&busy)),
+                )
+                .await;
+            });
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            serve_conn(agent, stream).await;
+            drop(permit);
+        });
     }
 }
 
@@ -151,91 +197,248 @@ struct RawRequest {
     params: Value,
 }
 
+/// What a connection's writer writes: answers, in the order they are ready, and then, once
+/// subscribed, the front end's events.
+enum Out {
+    Line(Value),
+    Subscribed(Value, Subscription),
+}
+
+/// One connection: a reader (this task), one task per request in flight, and a writer that
+/// owns the socket's write half. Requests run concurrently and are answered by id; events
+/// flow while requests are in flight.
 async fn serve_conn(agent: AgentHandle, stream: UnixStream) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    let mut events: Option<tokio::sync::broadcast::Receiver<crate::Event>> = None;
-    let mut buf = Vec::new();
+    let (read, write) = stream.into_split();
+    let cancel = agent.inner.cancel.child_token();
+    // Each request in flight holds a permit until its answer is queued, so this never holds
+    // more than MAX_IN_FLIGHT answers plus the reader's own.
+    let (out, out_rx) = mpsc::channel::<Out>(MAX_IN_FLIGHT + 2);
+    let writer = tokio::spawn(write_loop(write, out_rx, cancel.clone()));
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = read_loop(&agent, read, out, &cancel) => {}
+    }
+    // The client closed its side: requests in flight still answer; the writer ends once they
+    // have.
+    let _ = writer.await;
+    cancel.cancel();
+}
+
+async fn read_loop(
+    agent: &AgentHandle,
+    mut read: tokio::net::unix::OwnedReadHalf,
+    out: mpsc::Sender<Out>,
+    cancel: &CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let front_end: Arc<OnceLock<FrontEndId>> = Arc::default();
+    let mut lines = LineReader::new(MAX_LINE);
     loop {
-        buf.clear();
-        let line = tokio::select! {
-            _ = agent.inner.cancel.cancelled() => return,
-            r = read_line(&mut lines, &mut buf) => r,
-            ev = next_event(&mut events) => {
-                let note = json!({"jsonrpc": "2.0", "method": "event", "params": ev});
-                if write_line(&mut write, &note).await.is_err() { return; }
+        let line = match lines.next(&mut read).await {
+            Ok(Some(Line::Complete(line))) => line,
+            Ok(Some(Line::TooLong)) => {
+                let e = RpcError::new(
+                    codes::INVALID_REQUEST,
+                    format!("request line longer than {MAX_LINE} bytes (skipped)"),
+                );
+                if out
+                    .send(Out::Line(error_response(Value::Null, e)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let req = match parse_request(&line) {
+            Ok(Some(req)) => req,
+            Ok(None) => continue,
+            Err(resp) => {
+                if out.send(Out::Line(resp)).await.is_err() {
+                    return;
+                }
                 continue;
             }
         };
-        let response = match line {
-            Ok(0) => return,
-            Ok(_) => handle_line(&agent, &buf, &mut events).await,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Some(json!({
-                "jsonrpc": "2.0", "id": null,
-                "error": RpcError::new(codes::INVALID_REQUEST, format!("request line longer than {MAX_LINE} bytes")),
-            })),
-            Err(_) => return,
+        let (id, method, params) = req;
+        if method == "events.subscribe" {
+            // Inline, so the answer goes before the first event.
+            let resp = if front_end.get().is_some() {
+                Out::Line(ok_response(id, json!({"subscribed": true})))
+            } else {
+                match agent.subscribe() {
+                    Some(sub) => {
+                        let _ = front_end.set(sub.id());
+                        Out::Subscribed(ok_response(id, json!({"subscribed": true})), sub)
+                    }
+                    None => Out::Line(error_response(
+                        id,
+                        RpcError::new(
+                            codes::TOO_MANY,
+                            format!(
+                                "{} front ends are subscribed already; close one",
+                                crate::frontends::MAX_FRONT_ENDS
+                            ),
+                        ),
+                    )),
+                }
+            };
+            if out.send(resp).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let e = RpcError::new(
+                codes::TOO_MANY,
+                format!(
+                    "{MAX_IN_FLIGHT} requests are in flight on this connection; wait for an answer"
+                ),
+            );
+            if out.send(Out::Line(error_response(id, e))).await.is_err() {
+                return;
+            }
+            continue;
         };
-        if let Some(resp) = response
-            && write_line(&mut write, &resp).await.is_err()
-        {
+        let (agent, out, cancel, front_end) = (
+            agent.clone(),
+            out.clone(),
+            cancel.clone(),
+            front_end.clone(),
+        );
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = dispatch(&agent, &method, params, front_end.get().copied()) => r,
+            };
+            // Requests without an id are notifications: no answer.
+            if !id.is_null() {
+                let resp = match result {
+                    Ok(v) => ok_response(id, v),
+                    Err(e) => error_response(id, e),
+                };
+                let _ = out.send(Out::Line(resp)).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Writes answers and events; a message counts as taken once its line was written.
+async fn write_loop(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut out: mpsc::Receiver<Out>,
+    cancel: CancellationToken,
+) {
+    let mut sub: Option<Subscription> = None;
+    loop {
+        enum Next {
+            Out(Out),
+            Event(crate::frontends::Next),
+        }
+        let next = tokio::select! {
+            biased;
+            // Answers first, also when the agent stops (`agent.shutdown` is answered).
+            // `None` once the client closed its side and every request in flight answered:
+            // the connection ends (a subscription with it).
+            o = out.recv() => match o {
+                Some(o) => Next::Out(o),
+                None => return,
+            },
+            () = cancel.cancelled() => return,
+            Some(n) = next_event(&mut sub) => Next::Event(n),
+        };
+        let (bytes, taken) = match next {
+            Next::Out(Out::Line(v)) => (line_bytes(&v), None),
+            Next::Out(Out::Subscribed(v, s)) => {
+                sub = Some(s);
+                (line_bytes(&v), None)
+            }
+            Next::Event(crate::frontends::Next::Item(item)) => {
+                (event_bytes(&item.event), item.taken)
+            }
+            Next::Event(crate::frontends::Next::Lagged(missed)) => {
+                // Cut off: told so if the socket takes it at once, then closed.
+                let note = event_bytes(&crate::Event::Lagged { missed });
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), write.write_all(&note)).await;
+                cancel.cancel();
+                return;
+            }
+            Next::Event(crate::frontends::Next::Closed) => {
+                cancel.cancel();
+                return;
+            }
+        };
+        // A front end cut off while its socket does not take the line is closed at once.
+        let written = match &sub {
+            Some(s) => tokio::select! {
+                r = write.write_all(&bytes) => r.is_ok(),
+                () = s.ended() => false,
+            },
+            None => write.write_all(&bytes).await.is_ok(),
+        };
+        if !written {
+            if sub.as_ref().is_some_and(Subscription::is_ended) {
+                let note = event_bytes(&crate::Event::Lagged { missed: 1 });
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), write.write_all(&note)).await;
+            }
+            cancel.cancel();
             return;
         }
-    }
-}
-
-async fn next_event(events: &mut Option<tokio::sync::broadcast::Receiver<crate::Event>>) -> Value {
-    let Some(rx) = events else {
-        return std::future::pending().await;
-    };
-    match rx.recv().await {
-        Ok(ev) => serde_json::to_value(ev).unwrap_or(Value::Null),
-        Err(RecvError::Lagged(n)) => json!({"event": "lagged", "missed": n}),
-        Err(RecvError::Closed) => std::future::pending().await,
-    }
-}
-
-async fn read_line(
-    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-) -> io::Result<usize> {
-    loop {
-        let available = r.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(buf.len());
-        }
-        if let Some(pos) = available.iter().position(|b| *b == b'\n') {
-            buf.extend_from_slice(&available[..=pos]);
-            r.consume(pos + 1);
-            return Ok(buf.len());
-        }
-        let n = available.len();
-        buf.extend_from_slice(available);
-        r.consume(n);
-        if buf.len() > MAX_LINE {
-            // Skip the rest of the oversize line.
-            let mut sink = Vec::new();
-            let _ = r.read_until(b'\n', &mut sink).await;
-            buf.clear();
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+        if let Some(taken) = taken {
+            let _ = taken.send(());
         }
     }
 }
 
-async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> io::Result<()> {
+async fn next_event(sub: &mut Option<Subscription>) -> Option<crate::frontends::Next> {
+    match sub {
+        Some(s) => s.next_item().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ok_response(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+fn error_response(id: Value, e: RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": e})
+}
+
+fn line_bytes(v: &Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(v).unwrap_or_default();
     bytes.push(b'\n');
-    w.write_all(&bytes).await
+    bytes
 }
 
-async fn handle_line(
-    agent: &AgentHandle,
-    line: &[u8],
-    events: &mut Option<tokio::sync::broadcast::Receiver<crate::Event>>,
-) -> Option<Value> {
+fn event_bytes(event: &crate::Event) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Note<'a> {
+        jsonrpc: &'static str,
+        method: &'static str,
+        params: &'a crate::Event,
+    }
+    let mut bytes = serde_json::to_vec(&Note {
+        jsonrpc: "2.0",
+        method: "event",
+        params: event,
+    })
+    .unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// A request line: `Ok(Some((id, method, params)))`, `Ok(None)` for a blank line, or the
+/// error answer.
+fn parse_request(line: &[u8]) -> Result<Option<(Value, String, Value)>, Value> {
     let trimmed = line.trim_ascii();
     if trimmed.is_empty() {
-        return None;
+        return Ok(None);
     }
     let req: RawRequest = match serde_json::from_slice(trimmed) {
         Ok(r) => r,
@@ -245,27 +448,22 @@ async fn handle_line(
             } else {
                 codes::PARSE_ERROR
             };
-            return Some(
-                json!({"jsonrpc": "2.0", "id": null, "error": RpcError::new(code, e.to_string())}),
-            );
+            return Err(error_response(
+                Value::Null,
+                RpcError::new(code, e.to_string()),
+            ));
         }
     };
-    let id = req.id.clone();
-    let result = match (req.jsonrpc.as_deref(), req.method.as_deref()) {
-        (Some("2.0"), Some(method)) => dispatch(agent, method, req.params, events).await,
-        _ => Err(RpcError::new(
-            codes::INVALID_REQUEST,
-            "expected {\"jsonrpc\":\"2.0\",\"method\":…}",
+    match (req.jsonrpc.as_deref(), req.method) {
+        (Some("2.0"), Some(method)) => Ok(Some((req.id, method, req.params))),
+        _ => Err(error_response(
+            req.id,
+            RpcError::new(
+                codes::INVALID_REQUEST,
+                "expected {\"jsonrpc\":\"2.0\",\"method\":…}",
+            ),
         )),
-    };
-    // Requests without an id are notifications: no answer.
-    if id.is_null() && req.method.is_some() && req.jsonrpc.is_some() {
-        return None;
     }
-    Some(match result {
-        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
-        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
-    })
 }
 
 fn param<T: serde::de::DeserializeOwned>(params: &Value, name: &str) -> Result<T, RpcError> {
@@ -283,7 +481,7 @@ async fn dispatch(
     agent: &AgentHandle,
     method: &str,
     params: Value,
-    events: &mut Option<tokio::sync::broadcast::Receiver<crate::Event>>,
+    front_end: Option<FrontEndId>,
 ) -> Result<Value, RpcError> {
     let done = || Ok(json!({"ok": true}));
     match method {
@@ -343,7 +541,13 @@ async fn dispatch(
                     .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?
             };
             let body: String = param(&params, "body")?;
-            let d = agent.send(to, body).await?;
+            let client_id: Option<String> = param(&params, "client_id")?;
+            let options = SendOptions {
+                client_id,
+                front_end,
+                ..SendOptions::default()
+            };
+            let d = agent.send_with(to, body, options).await?;
             Ok(serde_json::to_value(d).unwrap_or(Value::Null))
         }
         "devices.list" => {
@@ -379,93 +583,9 @@ async fn dispatch(
             agent.link_cancel().await;
             done()
         }
-        "events.subscribe" => {
-            *events = Some(agent.subscribe());
-            Ok(json!({"subscribed": true}))
-        }
         other => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("no method '{other}'"),
         )),
-    }
-}
-
-/// A client of the local API, used by the CLI and tests.
-#[derive(Debug)]
-pub struct Client {
-    read: BufReader<tokio::net::unix::OwnedReadHalf>,
-    write: tokio::net::unix::OwnedWriteHalf,
-    next_id: u64,
-}
-
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// No agent listens on the socket.
-    #[error("the agent is not running for {0} (start it with `dialtone up`)")]
-    NotRunning(String),
-    /// The connection broke.
-    #[error("lost the connection to the agent: {0}")]
-    Io(#[from] io::Error),
-    /// The agent answered with an error.
-    #[error("{0}")]
-    Rpc(RpcError),
-    /// The agent answered something that is not JSON-RPC.
-    #[error("unexpected answer from the agent")]
-    Protocol,
-}
-
-impl Client {
-    /// Connects to the agent's socket.
-    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|_| {
-            ClientError::NotRunning(path.parent().unwrap_or(path).display().to_string())
-        })?;
-        let (read, write) = stream.into_split();
-        Ok(Self {
-            read: BufReader::new(read),
-            write,
-            next_id: 1,
-        })
-    }
-
-    /// Calls a method and waits for its answer (notifications that arrive meanwhile are
-    /// skipped).
-    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        write_line(&mut self.write, &req).await?;
-        loop {
-            let msg = self.next_message().await?;
-            if msg.get("id").and_then(Value::as_u64) != Some(id) {
-                continue;
-            }
-            if let Some(err) = msg.get("error") {
-                let err: RpcError =
-                    serde_json::from_value(err.clone()).map_err(|_| ClientError::Protocol)?;
-                return Err(ClientError::Rpc(err));
-            }
-            return msg.get("result").cloned().ok_or(ClientError::Protocol);
-        }
-    }
-
-    /// Reads the next line from the agent (a response or an event notification).
-    pub async fn next_message(&mut self) -> Result<Value, ClientError> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(
-            Duration::from_secs(3600 * 24 * 365),
-            self.read.read_line(&mut line),
-        )
-        .await
-        .map_err(|_| ClientError::Protocol)??;
-        if n == 0 {
-            return Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "agent closed the connection",
-            )));
-        }
-        serde_json::from_str(&line).map_err(|_| ClientError::Protocol)
     }
 }

@@ -272,7 +272,7 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
                     refusal: Refusal::Unreachable,
                 }
             } else {
-                deliver(&inner, from, device, id, sent_at_ms, body)
+                deliver(&inner, from, device, id, sent_at_ms, body).await
             };
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
@@ -288,7 +288,10 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
     }
 }
 
-fn deliver(
+/// Shows a message to this device's front ends; the answer is an ack once at least one took
+/// it (`shown_to` says how many), or a refusal. A duplicate (the sender's redial after a lost
+/// answer) is answered again as the first time, not shown twice.
+async fn deliver(
     inner: &Inner,
     from: Identifier,
     device: DeviceId,
@@ -324,14 +327,36 @@ fn deliver(
             refusal: Refusal::Offline,
         },
         PresenceState::Online | PresenceState::Away => {
-            let shown_to = inner.emit(Event::Message {
-                from,
-                device,
-                id,
-                sent_at_ms,
-                body,
-            });
-            Frame::Ack { id, shown_to }
+            let filler = match inner.seen.claim((device, id)) {
+                crate::recent::Claim::First(filler) => filler,
+                crate::recent::Claim::Again(rx) => {
+                    // Shown (or being shown) already: the same answer again.
+                    return crate::recent::outcome(rx).await.unwrap_or(Frame::Refuse {
+                        id,
+                        refusal: Refusal::NoFrontEnd,
+                    });
+                }
+            };
+            let shown_to = inner
+                .events
+                .deliver(Event::Message {
+                    from,
+                    device,
+                    id,
+                    sent_at_ms,
+                    body,
+                })
+                .await;
+            let answer = if shown_to == 0 {
+                Frame::Refuse {
+                    id,
+                    refusal: Refusal::NoFrontEnd,
+                }
+            } else {
+                Frame::Ack { id, shown_to }
+            };
+            filler.fill(answer.clone());
+            answer
         }
     }
 }
@@ -480,6 +505,7 @@ pub(crate) async fn send_text(
         Refusal::KeyChanged,
         Refusal::NotAContact,
         Refusal::DoNotDisturb,
+        Refusal::NoFrontEnd,
         Refusal::Offline,
         Refusal::Timeout,
         Refusal::PeerRefused,

@@ -71,16 +71,16 @@ fn config(home: &std::path::Path) -> anyhow::Result<AgentConfig> {
 }
 
 async fn wait_event(
-    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    rx: &mut dialtone_agent::Subscription,
     timeout: Duration,
     pred: impl Fn(&Event) -> bool,
 ) -> anyhow::Result<()> {
     tokio::time::timeout(timeout, async {
         loop {
-            match rx.recv().await {
-                Ok(ev) if pred(&ev) => return Ok(()),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => bail!("event stream ended: {e}"),
+            match rx.next().await {
+                Some(ev) if pred(&ev) => return Ok(()),
+                Some(_) => {}
+                None => bail!("event stream ended"),
             }
         }
     })
@@ -157,8 +157,8 @@ async fn run() -> anyhow::Result<()> {
             bail!("agent did not reach the directory");
         }
     }
-    let mut b_events = b.subscribe();
-    let mut a_events = a.subscribe();
+    let mut b_events = b.subscribe().context("subscribe")?;
+    let mut a_events = a.subscribe().context("subscribe")?;
     a.add_contact(bob_id.clone()).await?;
     wait_event(&mut b_events, Duration::from_secs(10), |e| {
         matches!(e, Event::ContactRequest { .. })
@@ -172,8 +172,13 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
 
-    // Bob's side keeps a watcher, as a front end would: the ack counts it.
-    let _bob_front_end = b.subscribe();
+    // Bob's side keeps a front end that reads every event: a message is acknowledged once it
+    // took it.
+    // (Alice's own front end is attached again for the login phase: unread, it would be cut
+    // off by the `message_sent` events of the burst.)
+    drop((a_events, b_events));
+    let mut bob_front_end = b.subscribe().context("subscribe")?;
+    let _reader = tokio::spawn(async move { while bob_front_end.next().await.is_some() {} });
 
     // Established connection round trips.
     let body = "x".repeat(64);
@@ -235,6 +240,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     // Login → contact sees presence.
+    let mut a_events = a.subscribe().context("subscribe")?;
     let mut login = Vec::with_capacity(args.login_n);
     for _ in 0..args.login_n {
         bob.shutdown().await;

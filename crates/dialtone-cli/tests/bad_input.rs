@@ -119,7 +119,8 @@ fn peers_sending_garbage_are_closed_and_the_agent_survives() {
     mallory
         .run(&["send", "bob@example.com", "hi"])
         .fails_with(12, "not your contact");
-    // Bob still works.
+    // Bob still works (with a front end open to show the message).
+    let _bob_watch = bob.watch();
     alice.run(&["send", "bob@example.com", "still there?"]).ok();
 }
 

@@ -260,12 +260,15 @@ fn key_change_is_refused_with_a_warning() {
     let alice = Person::online(&dir, ALICE);
     let bob = Person::online(&dir, BOB);
     alice.befriend(&bob);
+    let bob_watch = bob.watch();
     alice.run(&["send", BOB, "first"]).ok();
+    drop(bob_watch);
     let mut w = alice.watch();
 
     // Someone (or the directory) binds bob's identifier to a different key.
     let mallory = Person::registered(&dir, BOB);
     mallory.up();
+    let _mallory_watch = mallory.watch();
     w.expect("key change warning", Duration::from_secs(10), |e| {
         e["event"] == "key_changed" && e["identifier"] == BOB
     });
@@ -314,6 +317,8 @@ fn directory_restart_keeps_registrations_and_agents_reconnect() {
     wait_until(Duration::from_secs(20), "bob online again", || {
         alice.state_of(BOB).as_deref() == Some("online")
     });
+    // A message is delivered only to a device with a front end open.
+    let _bob_watch = bob.watch();
     alice.run(&["send", BOB, "after restart"]).ok();
 }
 
@@ -519,6 +524,7 @@ fn safety_numbers_qr_codes_and_verified_contacts() {
     // A key change of a verified contact is a hard block: `trust` is not enough.
     let mallory = Person::registered(&dir, BOB);
     mallory.up();
+    let _mallory_watch = mallory.watch();
     wait_until(Duration::from_secs(10), "alice to see the new key", || {
         alice
             .contacts()

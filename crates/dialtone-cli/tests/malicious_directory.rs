@@ -76,7 +76,9 @@ fn rollback_is_refused() {
     alice.up_with(&["--kt-monitor-interval", "1"]);
     let bob = Person::online(&dir, BOB);
     alice.befriend(&bob);
+    let bob_watch = bob.watch();
     alice.run(&["send", BOB, "before"]).ok();
+    drop(bob_watch);
     let before = held_epoch(&alice).expect("alice holds a checkpoint");
     // A new epoch, which alice's monitor picks up.
     let _carol = Person::registered(&dir, CAROL);

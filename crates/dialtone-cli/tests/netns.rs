@@ -129,10 +129,12 @@ fn netns_relay_keeps_nothing_for_a_peer_that_left() {
         return;
     }
     let scene = Scene::start(topology("symmetric_nat_both"), &[]);
+    let bob_front_end = scene.bob.watch();
     scene.alice.run(&["send", BOB, "while bob is here"]).ok();
     scene.wait_path("relayed", Duration::from_secs(10));
 
     scene.bob.kill9();
+    drop(bob_front_end);
     let r = scene.alice.run(&["send", BOB, "never kept anywhere"]);
     assert!(
         [10, 11, 15].contains(&r.code),
@@ -313,8 +315,11 @@ fn netns_lan_mode_without_the_directory_and_avahi_sees_it() {
     let mut scene = Scene::start(topology("same_lan"), &[]);
     // They talked before: each has proven the other's key in the transparency log, which is
     // what LAN mode trusts while the directory cannot be asked.
+    // (Each with a front end open, so that the messages are delivered.)
+    let front_ends = (scene.alice.watch(), scene.bob.watch());
     scene.alice.run(&["send", BOB, "before"]).ok();
     scene.bob.run(&["send", ALICE, "before"]).ok();
+    drop(front_ends);
     // The directory goes away; both agents restart in LAN mode with nothing cached.
     scene.directory.kill();
     for p in [&scene.alice, &scene.bob] {
@@ -364,8 +369,11 @@ fn netns_lan_mode_refuses_a_removed_contact() {
         return;
     }
     let mut scene = Scene::start(topology("same_lan"), &[]);
+    // (Each with a front end open, so that the messages are delivered.)
+    let front_ends = (scene.alice.watch(), scene.bob.watch());
     scene.alice.run(&["send", BOB, "before"]).ok();
     scene.bob.run(&["send", ALICE, "before"]).ok();
+    drop(front_ends);
     scene.alice.down();
     scene.bob.run(&["contacts", "remove", ALICE]).ok();
     scene.directory.kill();

@@ -25,6 +25,9 @@ pub enum Refusal {
     DoNotDisturb,
     /// The recipient's identity key is not the one pinned for them.
     KeyChanged,
+    /// The recipient's device is online, but no front end (app, CLI, bot) is open on it to
+    /// show the message, or none took it in time.
+    NoFrontEnd,
     /// Not a mutually accepted contact.
     NotAContact,
     /// The recipient is offline, or invisible to you.
@@ -39,12 +42,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, for docs and tests.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Blocked,
         Self::DeviceRevoked,
         Self::DirectoryUntrusted,
         Self::DoNotDisturb,
         Self::KeyChanged,
+        Self::NoFrontEnd,
         Self::NotAContact,
         Self::Offline,
         Self::PeerRefused,
@@ -60,6 +64,7 @@ impl Refusal {
             Self::DirectoryUntrusted => "directory-untrusted",
             Self::DoNotDisturb => "do-not-disturb",
             Self::KeyChanged => "key-changed",
+            Self::NoFrontEnd => "no-front-end",
             Self::NotAContact => "not-a-contact",
             Self::Offline => "offline",
             Self::PeerRefused => "peer-refused",
@@ -86,10 +91,11 @@ impl Refusal {
             Self::PeerRefused => 17,
             Self::DirectoryUntrusted => 18,
             Self::DeviceRevoked => 19,
+            Self::NoFrontEnd => 20,
         }
     }
 
-    /// JSON-RPC error code used by the local API (`-32010` … `-32018`).
+    /// JSON-RPC error code used by the local API (`-32010` … `-32020`).
     pub fn rpc_code(self) -> i64 {
         -32000 - i64::from(self.exit_code())
     }
@@ -117,6 +123,10 @@ impl Refusal {
             Self::KeyChanged => format!(
                 "WARNING: the identity key of {who} has changed since you first talked; nothing was sent. \
                  Check with {who} in person, then run `dialtone contacts trust {who}` to accept the new key"
+            ),
+            Self::NoFrontEnd => format!(
+                "{who} is online but no app is open on their device to show it; nothing was sent \
+                 and nothing is kept. Try again when they have Dialtone open"
             ),
             Self::NotAContact => format!(
                 "{who} is not your contact; ask first with `dialtone contacts add {who}` and wait for them to accept"

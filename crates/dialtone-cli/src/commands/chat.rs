@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::{client, parse_identifier};
 use crate::{
-    exit::{Result, client_fail},
-    render::describe,
+    exit::{Fail, Result, client_fail},
+    render::{describe, printable},
 };
 
 pub(crate) async fn watch(home: &Home, json: bool) -> Result {
@@ -24,6 +24,7 @@ pub(crate) async fn watch(home: &Home, json: bool) -> Result {
         eprintln!("watching; Ctrl-C to stop");
     }
     loop {
+        // `next_message` is cancel-safe: Ctrl-C loses nothing half-read.
         let msg = tokio::select! {
             m = c.next_message() => m.map_err(|e| client_fail(&e))?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -34,6 +35,9 @@ pub(crate) async fn watch(home: &Home, json: bool) -> Result {
         let ev = &msg["params"];
         let line = if json {
             Some(ev.to_string())
+        } else if ev["event"] == "message_sent" {
+            let s = |k: &str| printable(ev[k].as_str().unwrap_or(""));
+            Some(format!("me → {}: {}", s("to"), s("body")))
         } else {
             describe(ev)
         };
@@ -42,17 +46,25 @@ pub(crate) async fn watch(home: &Home, json: bool) -> Result {
         {
             return Ok(()); // stdout closed
         }
+        if ev["event"] == "lagged" {
+            return Err(Fail {
+                code: 1,
+                message: "this watcher fell behind and the agent cut it off (messages it did not \
+                          take were not counted as shown); start it again"
+                    .into(),
+            });
+        }
     }
 }
 
 pub(crate) async fn chat(home: &Home, with: &str) -> Result {
     let with = parse_identifier(with)?;
-    let mut events = client(home).await?;
-    events
-        .call("events.subscribe", json!({}))
+    // One connection for events and sends: the client keeps events that arrive while a send
+    // waits for its answer, and its reads are cancel-safe, so `select!` loses nothing.
+    let mut c = client(home).await?;
+    c.call("events.subscribe", json!({}))
         .await
         .map_err(|e| client_fail(&e))?;
-    let mut sender = client(home).await?;
     println!("chatting with {with}; type a line and Enter to send, /quit to leave");
     let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
@@ -70,15 +82,27 @@ pub(crate) async fn chat(home: &Home, with: &str) -> Result {
                 let line = line.trim_end().to_owned();
                 if line == "/quit" { return Ok(()); }
                 if line.is_empty() { continue; }
-                match sender.call("message.send", json!({"to": with, "body": line})).await {
+                match c.call("message.send", json!({"to": with, "body": line})).await {
                     Ok(_) => println!("  ✓ delivered"),
                     Err(ClientError::Rpc(e)) => println!("  ✗ not delivered: {}", e.message),
                     Err(e) => return Err(client_fail(&e)),
                 }
             }
-            msg = events.next_message() => {
+            msg = c.next_message() => {
                 let msg = msg.map_err(|e| client_fail(&e))?;
                 let ev = &msg["params"];
+                if ev["event"] == "message_sent" && ev["to"].as_str() == Some(with.as_str()) {
+                    // Sent from another front end of ours: this conversation shows it too.
+                    println!("me: {}", printable(ev["body"].as_str().unwrap_or("")));
+                    continue;
+                }
+                if ev["event"] == "lagged" {
+                    return Err(Fail {
+                        code: 1,
+                        message: "this chat fell behind and the agent cut it off; start it again"
+                            .into(),
+                    });
+                }
                 let about = ev["from"].as_str().or_else(|| ev["identifier"].as_str());
                 if (about == Some(with.as_str())
                     || ev["event"] == "directory"
