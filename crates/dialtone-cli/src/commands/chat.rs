@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{client, parse_identifier};
 use crate::{
-    exit::{Fail, Result, client_fail},
+    exit::{Cause, Fail, Result, client_fail},
     render::{describe, printable},
 };
 
@@ -47,12 +47,11 @@ pub(crate) async fn watch(home: &Home, json: bool) -> Result {
             return Ok(()); // stdout closed
         }
         if ev["event"] == "lagged" {
-            return Err(Fail {
-                code: 1,
-                message: "this watcher fell behind and the agent cut it off (messages it did not \
-                          take were not counted as shown); start it again"
-                    .into(),
-            });
+            return Err(Fail::new(
+                Cause::Error,
+                "this watcher fell behind and the agent cut it off (messages it did not \
+                 take were not counted as shown); start it again",
+            ));
         }
     }
 }
@@ -97,11 +96,10 @@ pub(crate) async fn chat(home: &Home, with: &str) -> Result {
                     continue;
                 }
                 if ev["event"] == "lagged" {
-                    return Err(Fail {
-                        code: 1,
-                        message: "this chat fell behind and the agent cut it off; start it again"
-                            .into(),
-                    });
+                    return Err(Fail::new(
+                        Cause::Error,
+                        "this chat fell behind and the agent cut it off; start it again",
+                    ));
                 }
                 let about = ev["from"].as_str().or_else(|| ev["identifier"].as_str());
                 if (about == Some(with.as_str())
