@@ -26,6 +26,11 @@ cargo build --workspace --bin dialtone-directory-malicious --features dialtone-d
 echo "== doctests"
 cargo test --workspace --doc --quiet
 
+# -- fuzz: every parser in fuzz/ for 10 s, from the checked-in seeds; a crash fails the
+# -- suite. Its own build (fuzz/target, the dependencies again with coverage instrumentation).
+echo "== fuzz (scripts/fuzz.sh, 10 s per target)"
+scripts/fuzz.sh 10
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log"

@@ -17,6 +17,10 @@ use tracing::debug;
 
 use crate::{AgentHandle, SendError, SessionError};
 
+mod request;
+
+use request::{Line, RawRequest};
+
 /// Longest request line, in bytes.
 pub const MAX_LINE: usize = 256 * 1024;
 
@@ -140,16 +144,6 @@ pub(crate) async fn serve(agent: AgentHandle, listener: UnixListener) {
     }
 }
 
-#[derive(Deserialize)]
-struct RawRequest {
-    jsonrpc: Option<String>,
-    #[serde(default)]
-    id: Value,
-    method: Option<String>,
-    #[serde(default)]
-    params: Value,
-}
-
 async fn serve_conn(agent: AgentHandle, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -232,33 +226,24 @@ async fn handle_line(
     line: &[u8],
     events: &mut Option<tokio::sync::broadcast::Receiver<crate::Event>>,
 ) -> Option<Value> {
-    let trimmed = line.trim_ascii();
-    if trimmed.is_empty() {
-        return None;
-    }
-    let req: RawRequest = match serde_json::from_slice(trimmed) {
-        Ok(r) => r,
-        Err(e) => {
-            let code = if serde_json::from_slice::<Value>(trimmed).is_ok() {
-                codes::INVALID_REQUEST
-            } else {
-                codes::PARSE_ERROR
-            };
-            return Some(
-                json!({"jsonrpc": "2.0", "id": null, "error": RpcError::new(code, e.to_string())}),
-            );
-        }
+    let req: RawRequest = match request::parse_line(line) {
+        Line::Blank => return None,
+        Line::Request(r) => r,
+        Line::NotJson(why) => return Some(bad_line(codes::PARSE_ERROR, why)),
+        Line::NotRequest(why) => return Some(bad_line(codes::INVALID_REQUEST, why)),
     };
-    let id = req.id.clone();
-    let result = match (req.jsonrpc.as_deref(), req.method.as_deref()) {
-        (Some("2.0"), Some(method)) => dispatch(agent, method, req.params, events).await,
-        _ => Err(RpcError::new(
+    let method = req.method().map(str::to_owned);
+    let wants_answer = req.wants_answer();
+    let RawRequest { id, params, .. } = req;
+    let result = match method {
+        Some(method) => dispatch(agent, &method, params, events).await,
+        None => Err(RpcError::new(
             codes::INVALID_REQUEST,
             "expected {\"jsonrpc\":\"2.0\",\"method\":…}",
         )),
     };
     // Requests without an id are notifications: no answer.
-    if id.is_null() && req.method.is_some() && req.jsonrpc.is_some() {
+    if !wants_answer {
         return None;
     }
     Some(match result {
@@ -267,15 +252,17 @@ async fn handle_line(
     })
 }
 
+fn bad_line(code: i64, why: String) -> Value {
+    json!({"jsonrpc": "2.0", "id": null, "error": RpcError::new(code, why)})
+}
+
 fn param<T: serde::de::DeserializeOwned>(params: &Value, name: &str) -> Result<T, RpcError> {
-    let v = params.get(name).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(v)
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("parameter '{name}': {e}")))
+    request::param(params, name).map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))
 }
 
 fn identifier(params: &Value) -> Result<Identifier, RpcError> {
-    let raw: String = param(params, "identifier")?;
-    Identifier::parse(&raw).map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))
+    request::identifier_param(params, "identifier")
+        .map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))
 }
 
 async fn dispatch(
@@ -336,11 +323,8 @@ async fn dispatch(
             Ok(serde_json::to_value(v).unwrap_or(Value::Null))
         }
         "message.send" => {
-            let to = {
-                let raw: String = param(&params, "to")?;
-                Identifier::parse(&raw)
-                    .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?
-            };
+            let to = request::identifier_param(&params, "to")
+                .map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))?;
             let body: String = param(&params, "body")?;
             let d = agent.send(to, body).await?;
             Ok(serde_json::to_value(d).unwrap_or(Value::Null))
