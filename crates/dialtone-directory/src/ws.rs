@@ -38,7 +38,7 @@ const DRAIN_LIMIT: usize = 256 * 1024;
 mod frame;
 
 use frame::{Decoder, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, write_header};
-pub(crate) use frame::{Incoming, WsError, close};
+pub(crate) use frame::{Incoming, WsError};
 
 /// The server's end of one WebSocket connection over `S`.
 pub(crate) struct WsConn<S> {
@@ -200,7 +200,7 @@ impl Upgrade {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{frame::close, *};
 
     /// A client frame: masked, as a client must.
     fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
