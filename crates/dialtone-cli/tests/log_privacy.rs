@@ -82,7 +82,10 @@ fn debug_logs_hold_no_message_text_codes_pins_or_status() {
     if let Some(d) = &kept {
         std::fs::create_dir_all(d).unwrap();
     }
-    let dir_log = kept.as_deref().unwrap_or(tmp.path()).join("directory.log");
+    let dir_log = kept
+        .as_deref()
+        .unwrap_or_else(|| tmp.path())
+        .join("directory.log");
     let _ = std::fs::remove_file(&dir_log);
     let dir = Directory::start_logging(&dir_log, "debug");
     let mut stderrs = Vec::new();
