@@ -61,4 +61,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: Rust is missing. Install it from your distribution (apt-get install cargo) or with rustup, then rerun." >&2
   exit 1
 fi
+# The fuzz step of the tests (scripts/fuzz.sh): cargo-fuzz, built from crates.io (a minute).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
 echo "setup: ok ($(cargo --version))"

@@ -37,6 +37,11 @@ if [ $# -eq 0 ]; then
   cargo test --workspace --doc --quiet || failures+=(doctests)
 fi
 
+# -- fuzz: every parser in fuzz/ for 10 s, from the checked-in seeds; a crash fails the
+# -- suite. Its own build (fuzz/target, the dependencies again with coverage instrumentation).
+echo "== fuzz (scripts/fuzz.sh, 10 s per target)"
+scripts/fuzz.sh 10
+
 echo "== tests"
 # The exit status of the test run, not of `tee`.
 if cargo nextest --version >/dev/null 2>&1; then

@@ -25,9 +25,11 @@ use crate::{AgentHandle, FrontEndId, SendError, SendOptions, SessionError, Subsc
 
 mod client;
 mod lines;
+mod request;
 
 pub use client::{Client, ClientError};
 use lines::{Line, LineReader};
+use request::RawRequest;
 
 /// Longest request line, in bytes; a longer one is skipped (nothing of it is kept) and
 /// answered `-32600`.
@@ -185,16 +187,6 @@ pub(crate) async fn serve(agent: AgentHandle, listener: UnixListener) {
             drop(permit);
         });
     }
-}
-
-#[derive(Deserialize)]
-struct RawRequest {
-    jsonrpc: Option<String>,
-    #[serde(default)]
-    id: Value,
-    method: Option<String>,
-    #[serde(default)]
-    params: Value,
 }
 
 /// What a connection's writer writes: answers, in the order they are ready, and then, once
@@ -436,27 +428,25 @@ fn event_bytes(event: &crate::Event) -> Vec<u8> {
 /// A request line: `Ok(Some((id, method, params)))`, `Ok(None)` for a blank line, or the
 /// error answer.
 fn parse_request(line: &[u8]) -> Result<Option<(Value, String, Value)>, Value> {
-    let trimmed = line.trim_ascii();
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    let req: RawRequest = match serde_json::from_slice(trimmed) {
-        Ok(r) => r,
-        Err(e) => {
-            let code = if serde_json::from_slice::<Value>(trimmed).is_ok() {
-                codes::INVALID_REQUEST
-            } else {
-                codes::PARSE_ERROR
-            };
+    let req: RawRequest = match request::parse_line(line) {
+        request::Line::Blank => return Ok(None),
+        request::Line::Request(r) => r,
+        request::Line::NotJson(why) => {
             return Err(error_response(
                 Value::Null,
-                RpcError::new(code, e.to_string()),
+                RpcError::new(codes::PARSE_ERROR, why),
+            ));
+        }
+        request::Line::NotRequest(why) => {
+            return Err(error_response(
+                Value::Null,
+                RpcError::new(codes::INVALID_REQUEST, why),
             ));
         }
     };
-    match (req.jsonrpc.as_deref(), req.method) {
-        (Some("2.0"), Some(method)) => Ok(Some((req.id, method, req.params))),
-        _ => Err(error_response(
+    match req.method().map(str::to_owned) {
+        Some(method) => Ok(Some((req.id, method, req.params))),
+        None => Err(error_response(
             req.id,
             RpcError::new(
                 codes::INVALID_REQUEST,
@@ -467,14 +457,12 @@ fn parse_request(line: &[u8]) -> Result<Option<(Value, String, Value)>, Value> {
 }
 
 fn param<T: serde::de::DeserializeOwned>(params: &Value, name: &str) -> Result<T, RpcError> {
-    let v = params.get(name).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(v)
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("parameter '{name}': {e}")))
+    request::param(params, name).map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))
 }
 
 fn identifier(params: &Value) -> Result<Identifier, RpcError> {
-    let raw: String = param(params, "identifier")?;
-    Identifier::parse(&raw).map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))
+    request::identifier_param(params, "identifier")
+        .map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))
 }
 
 async fn dispatch(
@@ -535,11 +523,8 @@ async fn dispatch(
             Ok(serde_json::to_value(v).unwrap_or(Value::Null))
         }
         "message.send" => {
-            let to = {
-                let raw: String = param(&params, "to")?;
-                Identifier::parse(&raw)
-                    .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?
-            };
+            let to = request::identifier_param(&params, "to")
+                .map_err(|m| RpcError::new(codes::INVALID_PARAMS, m))?;
             let body: String = param(&params, "body")?;
             let client_id: Option<String> = param(&params, "client_id")?;
             let options = SendOptions {

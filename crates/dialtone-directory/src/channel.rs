@@ -254,7 +254,8 @@ impl VerificationChannel for SmsChannel {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| ChannelError::Failed(format!("sms gateway: {e}")))?;
+                // Not the URL: it carries the number and the code, and the error is logged.
+                .map_err(|e| ChannelError::Failed(format!("sms gateway: {}", e.without_url())))?;
             if !resp.status().is_success() {
                 return Err(ChannelError::Failed(format!(
                     "sms gateway answered {}",

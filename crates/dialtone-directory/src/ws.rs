@@ -35,77 +35,23 @@ const READ_CHUNK: usize = 4096;
 /// What is read and dropped at most after a close frame, waiting for the other end to close.
 const DRAIN_LIMIT: usize = 256 * 1024;
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+mod frame;
 
-/// Close codes (RFC 6455 §7.4.1).
-pub(crate) mod close {
-    /// The other end broke the protocol.
-    pub(crate) const PROTOCOL: u16 = 1002;
-    /// A text message that is not UTF-8.
-    pub(crate) const INVALID_DATA: u16 = 1007;
-    /// A frame or message over the size limit.
-    pub(crate) const TOO_BIG: u16 = 1009;
-}
-
-/// What the other end sent.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Incoming {
-    /// A complete text message.
-    Text(String),
-    /// A complete binary message (its bytes are not kept).
-    Binary,
-    /// A ping, to be answered with a pong carrying the same bytes.
-    Ping(Vec<u8>),
-    /// A pong.
-    Pong,
-    /// The other end closes, with this status code if it gave one.
-    Close(Option<u16>),
-}
-
-/// Why the connection cannot go on.
-#[derive(Debug)]
-pub(crate) enum WsError {
-    /// The socket failed or was closed without a closing handshake.
-    Io(io::Error),
-    /// The other end broke the protocol: close with this code.
-    Protocol(u16, &'static str),
-}
-
-impl From<io::Error> for WsError {
-    fn from(e: io::Error) -> Self {
-        WsError::Io(e)
-    }
-}
-
-/// A message being reassembled from fragments.
-#[derive(Debug)]
-struct Fragments {
-    text: bool,
-    data: Vec<u8>,
-}
+use frame::{Decoder, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, write_header};
+pub(crate) use frame::{Incoming, WsError};
 
 /// The server's end of one WebSocket connection over `S`.
 pub(crate) struct WsConn<S> {
     io: S,
-    /// Bytes read but not yet taken as a frame: empty, without capacity, while idle.
-    buf: Vec<u8>,
-    /// A fragmented message in progress (boxed: rare, and a session should not carry its
-    /// space).
-    frag: Option<Box<Fragments>>,
-    /// The largest frame, and the largest message, accepted.
-    max_len: u32,
+    /// What was read and not yet taken as a message.
+    dec: Decoder,
 }
 
 impl<S> std::fmt::Debug for WsConn<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WsConn")
-            .field("buffered", &self.buf.len())
-            .field("fragmented", &self.frag.is_some())
+            .field("buffered", &self.dec.held())
+            .field("fragmented", &self.dec.fragmented())
             .finish_non_exhaustive()
     }
 }
@@ -116,31 +62,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     pub(crate) fn new(io: S, read: &[u8], max_len: usize) -> Self {
         Self {
             io,
-            buf: read.to_vec(),
-            frag: None,
-            max_len: u32::try_from(max_len).unwrap_or(u32::MAX),
+            dec: Decoder::new(read, max_len),
         }
     }
 
     /// The next message. Cancel-safe: what was read so far stays in the connection.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, WsError>> {
         loop {
-            if !self.buf.is_empty() {
-                let (consumed, msg) = self.parse()?;
-                if consumed > 0 {
-                    if consumed == self.buf.len() {
-                        // Keep nothing while idle.
-                        self.buf = Vec::new();
-                    } else {
-                        self.buf.drain(..consumed);
-                    }
-                }
-                if let Some(msg) = msg {
-                    return Poll::Ready(Ok(msg));
-                }
-                if consumed > 0 {
-                    continue;
-                }
+            if let Some(msg) = self.dec.next_message()? {
+                return Poll::Ready(Ok(msg));
             }
             let mut chunk = [0u8; READ_CHUNK];
             let mut rb = ReadBuf::new(&mut chunk);
@@ -148,60 +78,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             if rb.filled().is_empty() {
                 return Poll::Ready(Err(WsError::Io(io::ErrorKind::UnexpectedEof.into())));
             }
-            self.buf.extend_from_slice(rb.filled());
+            self.dec.push(rb.filled());
         }
-    }
-
-    /// Takes one frame off the front of the buffer if it is complete: the bytes it took and
-    /// the message it completed, if any.
-    fn parse(&mut self) -> Result<(usize, Option<Incoming>), WsError> {
-        let Some(h) = Header::parse(&self.buf, self.max_len)? else {
-            return Ok((0, None));
-        };
-        let end = h.offset + h.len;
-        if self.buf.len() < end {
-            return Ok((0, None));
-        }
-        let mut payload = self.buf[h.offset..end].to_vec();
-        unmask(&mut payload, h.mask);
-        let msg = match h.opcode {
-            OP_PING => Some(Incoming::Ping(payload)),
-            OP_PONG => Some(Incoming::Pong),
-            OP_CLOSE => Some(Incoming::Close(close_code(&payload)?)),
-            OP_TEXT | OP_BINARY if h.fin => {
-                if self.frag.is_some() {
-                    return Err(protocol("a new message inside a fragmented one"));
-                }
-                Some(message(h.opcode == OP_TEXT, payload)?)
-            }
-            OP_TEXT | OP_BINARY => {
-                if self.frag.is_some() {
-                    return Err(protocol("a new message inside a fragmented one"));
-                }
-                self.frag = Some(Box::new(Fragments {
-                    text: h.opcode == OP_TEXT,
-                    data: payload,
-                }));
-                None
-            }
-            OP_CONTINUATION => {
-                let Some(f) = self.frag.as_mut() else {
-                    return Err(protocol("a continuation with nothing to continue"));
-                };
-                if f.data.len() + payload.len() > self.max_len as usize {
-                    return Err(WsError::Protocol(close::TOO_BIG, "message too large"));
-                }
-                f.data.extend_from_slice(&payload);
-                if h.fin {
-                    let f = self.frag.take().map(|b| *b);
-                    f.map(|f| message(f.text, f.data)).transpose()?
-                } else {
-                    None
-                }
-            }
-            _ => unreachable!("Header::parse refuses other opcodes"),
-        };
-        Ok((end, msg))
     }
 
     /// Sends a text message.
@@ -232,8 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     /// closes too. Closing with unread bytes would make the kernel answer with a reset, and
     /// the close frame could be lost with it.
     pub(crate) async fn finish(&mut self) -> io::Result<()> {
-        self.buf = Vec::new();
-        self.frag = None;
+        self.dec.clear();
         self.io.shutdown().await?;
         let mut chunk = [0u8; 1024];
         let mut left = DRAIN_LIMIT;
@@ -254,131 +131,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         let mut frame = Buf::chain(&head[..n], payload);
         self.io.write_all_buf(&mut frame).await?;
         self.io.flush().await
-    }
-}
-
-fn protocol(why: &'static str) -> WsError {
-    WsError::Protocol(close::PROTOCOL, why)
-}
-
-/// A complete message from its (unmasked) payload.
-fn message(text: bool, payload: Vec<u8>) -> Result<Incoming, WsError> {
-    if !text {
-        return Ok(Incoming::Binary);
-    }
-    String::from_utf8(payload)
-        .map(Incoming::Text)
-        .map_err(|_| WsError::Protocol(close::INVALID_DATA, "text that is not UTF-8"))
-}
-
-/// The status code of a close frame's payload (RFC 6455 §5.5.1).
-fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
-    match payload {
-        [] => Ok(None),
-        [_] => Err(protocol("a close frame of one byte")),
-        [a, b, reason @ ..] => {
-            if std::str::from_utf8(reason).is_err() {
-                return Err(WsError::Protocol(
-                    close::INVALID_DATA,
-                    "a close reason that is not UTF-8",
-                ));
-            }
-            Ok(Some(u16::from_be_bytes([*a, *b])))
-        }
-    }
-}
-
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-}
-
-/// A parsed frame header.
-#[derive(Debug, PartialEq, Eq)]
-struct Header {
-    fin: bool,
-    opcode: u8,
-    mask: [u8; 4],
-    /// Where the payload starts.
-    offset: usize,
-    /// Payload length.
-    len: usize,
-}
-
-impl Header {
-    /// The header at the start of `b`, `None` if incomplete; refuses what a server must not
-    /// accept from a client, and frames over `max_len` bytes (before their payload arrives).
-    fn parse(b: &[u8], max_len: u32) -> Result<Option<Header>, WsError> {
-        let (Some(&b0), Some(&b1)) = (b.first(), b.get(1)) else {
-            return Ok(None);
-        };
-        let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(protocol("reserved bits set"));
-        }
-        let opcode = b0 & 0x0F;
-        let control = match opcode {
-            OP_CONTINUATION | OP_TEXT | OP_BINARY => false,
-            OP_CLOSE | OP_PING | OP_PONG => true,
-            _ => return Err(protocol("unknown opcode")),
-        };
-        if b1 & 0x80 == 0 {
-            return Err(protocol("an unmasked frame from a client"));
-        }
-        let (len, mut offset) = match b1 & 0x7F {
-            126 => {
-                let Some(x) = b.get(2..4) else {
-                    return Ok(None);
-                };
-                (u64::from(u16::from_be_bytes([x[0], x[1]])), 4)
-            }
-            127 => {
-                let Some(x) = b.get(2..10) else {
-                    return Ok(None);
-                };
-                let mut a = [0u8; 8];
-                a.copy_from_slice(x);
-                (u64::from_be_bytes(a), 10)
-            }
-            n => (u64::from(n), 2),
-        };
-        if control && (!fin || len > 125) {
-            return Err(protocol("a fragmented or long control frame"));
-        }
-        if len > u64::from(max_len) {
-            return Err(WsError::Protocol(close::TOO_BIG, "frame too large"));
-        }
-        let Some(m) = b.get(offset..offset + 4) else {
-            return Ok(None);
-        };
-        let mask = [m[0], m[1], m[2], m[3]];
-        offset += 4;
-        Ok(Some(Header {
-            fin,
-            opcode,
-            mask,
-            offset,
-            // At most `max_len`, a u32.
-            len: usize::try_from(len).unwrap_or(usize::MAX),
-        }))
-    }
-}
-
-/// Writes a final, unmasked frame header for `len` payload bytes; its length.
-fn write_header(out: &mut [u8; 10], opcode: u8, len: usize) -> usize {
-    out[0] = 0x80 | opcode;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(l) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&l.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
     }
 }
 
@@ -448,7 +200,7 @@ impl Upgrade {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{frame::close, *};
 
     /// A client frame: masked, as a client must.
     fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
@@ -568,14 +320,14 @@ mod tests {
         let mut ws = WsConn::new(server, &client_frame(0x81, b"early"), 1 << 16);
         let m = std::future::poll_fn(|cx| ws.poll_next(cx)).await.unwrap();
         assert_eq!(m, Incoming::Text("early".into()));
-        assert_eq!(ws.buf.capacity(), 0);
+        assert_eq!(ws.dec.buf.capacity(), 0);
         client
             .write_all(&client_frame(0x81, b"later"))
             .await
             .unwrap();
         let m = std::future::poll_fn(|cx| ws.poll_next(cx)).await.unwrap();
         assert_eq!(m, Incoming::Text("later".into()));
-        assert_eq!(ws.buf.capacity(), 0);
+        assert_eq!(ws.dec.buf.capacity(), 0);
 
         let long = "y".repeat(70_000);
         ws.send_text("hi").await.unwrap();

@@ -72,6 +72,8 @@ pub struct Directory {
     extra: Vec<String>,
     netns: Option<String>,
     binary: &'static str,
+    /// Where its log goes (appended) and at which `DIALTONE_LOG` filter; `None`: inherited.
+    log: Option<(PathBuf, String)>,
 }
 
 impl Directory {
@@ -92,12 +94,38 @@ impl Directory {
         Self::start_binary("dialtone-directory-malicious", &["--lie", lie])
     }
 
+    /// Starts a directory whose log (standard error) is appended to `log`, with
+    /// `DIALTONE_LOG=filter` (e.g. `debug`).
+    pub fn start_logging(log: &Path, filter: &str) -> Self {
+        Self::start_binary_logging(
+            "dialtone-directory",
+            &[],
+            Some((log.to_owned(), filter.to_owned())),
+        )
+    }
+
     fn start_binary(binary: &'static str, extra: &[&str]) -> Self {
+        Self::start_binary_logging(binary, extra, None)
+    }
+
+    fn start_binary_logging(
+        binary: &'static str,
+        extra: &[&str],
+        log: Option<(PathBuf, String)>,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let outbox = tmp.path().join("outbox");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn_directory(None, binary, "127.0.0.1:0", &data, &outbox, &extra);
+        let (child, url) = spawn_directory(
+            None,
+            binary,
+            "127.0.0.1:0",
+            &data,
+            &outbox,
+            &extra,
+            log.as_ref(),
+        );
         let addr = url.split("://").nth(1).unwrap().to_owned();
         Self {
             child: Some(child),
@@ -109,6 +137,7 @@ impl Directory {
             extra,
             netns: None,
             binary,
+            log,
         }
     }
 
@@ -126,6 +155,7 @@ impl Directory {
             &data,
             &outbox,
             &extra,
+            None,
         );
         Self {
             child: Some(child),
@@ -137,6 +167,7 @@ impl Directory {
             extra,
             netns: Some(netns.to_owned()),
             binary: "dialtone-directory",
+            log: None,
         }
     }
 
@@ -195,6 +226,7 @@ impl Directory {
                 &self.data,
                 &self.outbox,
                 &self.extra,
+                self.log.as_ref(),
             ) {
                 Ok((child, url)) => {
                     assert_eq!(url, self.url);
@@ -227,8 +259,9 @@ fn spawn_directory(
     data: &Path,
     outbox: &Path,
     extra: &[String],
+    log: Option<&(PathBuf, String)>,
 ) -> (Child, String) {
-    try_spawn_directory(netns, binary, listen, data, outbox, extra)
+    try_spawn_directory(netns, binary, listen, data, outbox, extra, log)
         .unwrap_or_else(|e| panic!("directory: {e}"))
 }
 
@@ -239,18 +272,26 @@ fn try_spawn_directory(
     data: &Path,
     outbox: &Path,
     extra: &[String],
+    log: Option<&(PathBuf, String)>,
 ) -> Result<(Child, String), String> {
-    let mut child = command_in(netns, &bin(binary))
-        .args(["--listen", listen])
+    let mut cmd = command_in(netns, &bin(binary));
+    cmd.args(["--listen", listen])
         .arg("--data")
         .arg(data)
         .arg("--verify-outbox")
         .arg(outbox)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .stderr(Stdio::inherit());
+    if let Some((path, filter)) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        cmd.env("DIALTONE_LOG", filter).stderr(file);
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
