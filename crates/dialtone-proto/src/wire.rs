@@ -620,6 +620,9 @@ fn unknown_frame(bytes: &[u8]) -> Option<DecodeError> {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::DeviceId;
