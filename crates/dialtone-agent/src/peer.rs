@@ -1,10 +1,14 @@
 //! Peer connections: the `dialtone/1` protocol between two agents over iroh.
 //!
-//! Every connection starts with a hello each way (see `dialtone_proto::wire`); a connection
-//! is used only after both hellos were checked: the certificate is for the device that TLS
-//! authenticated, the identity is the one pinned for that identifier and the one the directory
-//! has, and the peer is an accepted contact. Each message then uses a stream of its own.
-//! Connections are cached per device, used in both directions, and closed when idle.
+//! Every connection starts with a hello each way (see `dialtone_proto::wire`); the checks
+//! are the sans-IO machine `dialtone_proto::hello`, driven by `hello` here: the certificate
+//! is for the device that TLS authenticated, the identity is the one pinned for that
+//! identifier and the one the directory and its log prove, and the peer is an accepted
+//! contact. A connection keeps the features both hellos announced and is used only within
+//! them. Each message then uses a stream of its own. Connections are cached per device, used
+//! in both directions, dialed once at a time per device, and closed when idle. `guard` holds
+//! what a stranger may cost before its hello passed (pending-connection caps, the bound on
+//! the directory lookups its hello may cause).
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
