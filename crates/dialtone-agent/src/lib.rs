@@ -162,6 +162,8 @@ pub(crate) struct PeerConn {
     conn: Connection,
     identifier: Identifier,
     last_used: Instant,
+    /// The features both sides announced in their hellos: all this side may use.
+    features: dialtone_proto::wire::Features,
 }
 
 #[derive(Debug)]
@@ -204,6 +206,8 @@ pub(crate) struct Inner {
     shutdown_requested: tokio::sync::Notify,
     kt: kt::KtClient,
     link: tokio::sync::Mutex<link::Slot>,
+    /// Peer-side limits, the stranger-lookup bound, single-flight dials (`peer::guard`).
+    peer: Arc<peer::PeerState>,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -320,6 +324,7 @@ impl Agent {
             shutdown_requested: tokio::sync::Notify::new(),
             kt: kt::KtClient::new(kt_state),
             link: tokio::sync::Mutex::new(link::Slot::default()),
+            peer: Arc::new(peer::PeerState::new()),
             home,
         });
         let mut tasks = Vec::new();

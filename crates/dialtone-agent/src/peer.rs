@@ -1,36 +1,43 @@
 //! Peer connections: the `dialtone/1` protocol between two agents over iroh.
 //!
-//! Every connection starts with a hello each way (see `dialtone_proto::wire`); a connection
-//! is used only after both hellos were checked: the certificate is for the device that TLS
-//! authenticated, the identity is the one pinned for that identifier and the one the directory
-//! has, and the peer is an accepted contact. Each message then uses a stream of its own.
-//! Connections are cached per device, used in both directions, and closed when idle.
+//! Every connection starts with a hello each way (see `dialtone_proto::wire`); the checks
+//! are the sans-IO machine `dialtone_proto::hello`, driven by `hello` here: the certificate
+//! is for the device that TLS authenticated, the identity is the one pinned for that
+//! identifier and the one the directory and its log prove, and the peer is an accepted
+//! contact. A connection keeps the features both hellos announced and is used only within
+//! them. Each message then uses a stream of its own. Connections are cached per device, used
+//! in both directions, dialed once at a time per device, and closed when idle. `guard` holds
+//! what a stranger may cost before its hello passed (pending-connection caps, the bound on
+//! the directory lookups its hello may cause).
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
 use dialtone_net::{Connection, read_frame, write_frame};
 use dialtone_proto::{
     DeviceId, Identifier, Refusal,
-    directory::{ContactEntry, DeviceEndpoint, PresenceState, Relation, Reply, Request},
-    wire::{CloseCode, Frame, Hello, MAX_TEXT_LEN, MessageId, PROTOCOL_VERSION},
+    directory::{DeviceEndpoint, PresenceState, Relation},
+    hello::{Accepted, Role},
+    wire::{
+        CloseCode, DecodeError, Feature, Features, Frame, MAX_TEXT_LEN, MessageId, StreamCode,
+        StreamKind,
+    },
 };
 use tracing::{debug, warn};
 
 use crate::{
-    Delivery, DeviceDelivery, Event, Inner, PeerConn, SendError, home::Pin, new_message_id,
-    now_secs, session::SessionError, timestamp_ms,
+    Delivery, DeviceDelivery, Event, Inner, PeerConn, SendError, new_message_id,
+    session::SessionError, timestamp_ms,
 };
 
-fn my_hello(inner: &Inner) -> Frame {
-    Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        identifier: inner.identifier.clone(),
-        device_cert: inner.cert.clone(),
-        checkpoint: inner.kt.current(),
-    })
-}
+mod guard;
+mod hello;
 
-/// Accepts incoming connections until the agent stops.
+pub(crate) use guard::PeerState;
+use hello::{Outcome, lookup};
+
+/// Accepts incoming connections until the agent stops. A connection over the caps on
+/// connections whose hello has not passed (in total, and per remote) is refused at once,
+/// before any handshake work.
 pub(crate) async fn accept_loop(inner: Arc<Inner>) {
     loop {
         let incoming = tokio::select! {
@@ -38,21 +45,32 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             i = inner.endpoint.accept() => i,
         };
         let Some(incoming) = incoming else { return };
+        let source = dialtone_net::incoming_source(&incoming);
+        let Some(slot) = inner.peer.admit(source) else {
+            debug!(?source, "too many connections without a hello: refused");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let conn = match incoming.accept() {
-                Ok(accepting) => match accepting.await {
-                    Ok(c) => c,
-                    Err(e) => return debug!("incoming connection failed: {e}"),
-                },
-                Err(e) => return debug!("incoming connection refused: {e}"),
+            let handshake = tokio::time::timeout(inner.config.connect_timeout, async {
+                incoming
+                    .accept()
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            let conn = match handshake.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return debug!("incoming connection failed: {e}"),
+                Err(_) => return debug!("incoming connection: no QUIC handshake in time"),
             };
-            handle_incoming(inner, conn).await;
+            handle_incoming(inner, conn, slot).await;
         });
     }
 }
 
-async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
+async fn handle_incoming(inner: Arc<Inner>, conn: Connection, slot: guard::PendingSlot) {
     let Some(remote) = dialtone_net::remote_device(&conn) else {
         return dialtone_net::close(&conn, CloseCode::BadCertificate);
     };
@@ -61,35 +79,32 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     if inner.config.direct_only
         && !dialtone_net::wait_direct(&conn, inner.config.connect_timeout * 3 / 4).await
     {
-        debug!(peer = %remote.short(), "no direct path (direct-only): closing");
+        debug!(peer = %remote.short(), "no direct path (direct-only)");
         return dialtone_net::close(&conn, CloseCode::NoDirectPath);
     }
     let handshake = async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| CloseCode::Protocol)?;
-        let hello = match read_frame(&mut recv).await {
-            Ok(Frame::Hello(hello)) => hello,
-            // A new device of this account, linking (it is nobody's contact yet).
-            Ok(Frame::LinkRequest { offer, name, proof }) => {
-                return Ok(Err((send, recv, offer, name, proof)));
-            }
-            _ => return Err(CloseCode::Protocol),
+        let Ok((send, recv)) = conn.accept_bi().await else {
+            return Outcome::Refused(CloseCode::Protocol);
         };
-        let identifier = verify_hello(&inner, &hello, remote, None).await?;
-        write_frame(&mut send, &my_hello(&inner))
-            .await
-            .map_err(|_| CloseCode::Protocol)?;
-        let _ = send.finish();
-        Ok(Ok(identifier))
+        hello::run(&inner, Role::Listener, remote, send, recv).await
     };
-    match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
-        Ok(Ok(Err((send, recv, offer, name, proof)))) => {
+    let outcome = tokio::time::timeout(inner.config.connect_timeout, handshake).await;
+    drop(slot);
+    match outcome {
+        Ok(Outcome::Link {
+            send,
+            recv,
+            offer,
+            name,
+            proof,
+        }) => {
             crate::link::incoming(&inner, conn, (send, recv), remote, offer, name, proof).await;
         }
-        Ok(Ok(Ok(identifier))) => {
-            debug!(peer = %remote.short(), "incoming peer connection verified");
-            register(&inner, conn, remote, identifier);
+        Ok(Outcome::Accepted(accepted)) => {
+            debug!(peer = %remote.short(), features = ?accepted.features, "incoming peer connection verified");
+            register(&inner, conn, remote, accepted);
         }
-        Ok(Err(code)) => {
+        Ok(Outcome::Refused(code)) => {
             debug!(peer = %remote.short(), ?code, "incoming peer connection refused");
             dialtone_net::close(&conn, code);
         }
@@ -97,123 +112,11 @@ async fn handle_incoming(inner: Arc<Inner>, conn: Connection) {
     }
 }
 
-/// Checks a peer's hello. `expected` is the identifier we dialed, if we dialed.
-async fn verify_hello(
-    inner: &Arc<Inner>,
-    hello: &Hello,
-    remote: DeviceId,
-    expected: Option<&Identifier>,
-) -> Result<Identifier, CloseCode> {
-    if hello.version != PROTOCOL_VERSION {
-        return Err(CloseCode::UnsupportedVersion);
-    }
-    if expected.is_some_and(|e| *e != hello.identifier) {
-        return Err(CloseCode::BadCertificate);
-    }
-    let cert = &hello.device_cert;
-    if cert.device_id != remote || cert.verify().is_err() {
-        return Err(CloseCode::BadCertificate);
-    }
-    let id = &hello.identifier;
-    let cached = inner
-        .lock()
-        .contacts
-        .get(id)
-        .filter(|c| c.relation == Relation::Accepted)
-        .cloned();
-    let expected_key = match cached {
-        Some(c) => c.identity_key,
-        None => match lookup(inner, id).await {
-            Ok(c) if c.relation == Relation::Accepted => {
-                // The directory knows better than our cache (a push may be on its way):
-                // record it, so the per-message check agrees with this one.
-                let key = c.identity_key;
-                inner.update_contact(c, false);
-                key
-            }
-            // LAN mode with the directory down: a contact whose key we pinned earlier.
-            Err(SessionError::NotConnected | SessionError::Timeout) if inner.lan.is_some() => {
-                match inner.lock().pins.get(id) {
-                    Some(pin) if !pin.not_a_contact => pin.identity_key,
-                    _ => return Err(CloseCode::NotAContact),
-                }
-            }
-            _ => return Err(CloseCode::NotAContact),
-        },
-    };
-    if expected_key != cert.identity_key {
-        return Err(CloseCode::KeyChanged);
-    }
-    // The peer's checkpoint must agree with ours (split view), and its key must be the one
-    // the transparency log proves, before the key is pinned or used.
-    if let Some(theirs) = &hello.checkpoint {
-        match crate::kt::compare_with_peer(inner, id, theirs).await {
-            Ok(()) => {}
-            Err(f) if f.is_attack() => return Err(CloseCode::SplitView),
-            Err(f) => debug!("cannot compare checkpoints with {id}: {f}"),
-        }
-    }
-    if let Err(f) = crate::kt::ensure(inner, id, &cert.identity_key).await {
-        debug!(peer = %id, "identity not proven: {f}");
-        return Err(CloseCode::Unproven);
-    }
-    // The device must be on the person's device list in the log (a revoked one is not).
-    match crate::kt::ensure_device(inner, id, &cert.identity_key, &remote).await {
-        Ok(()) => {}
-        Err(f @ crate::kt::KtFailure::DeviceNotListed { .. }) => {
-            warn!(peer = %id, device = %remote.short(), "refused a device that is not on the list: {f}");
-            return Err(CloseCode::DeviceRevoked);
-        }
-        Err(f) => {
-            debug!(peer = %id, "device list not proven: {f}");
-            return Err(CloseCode::Unproven);
-        }
-    }
-    let mut st = inner.lock();
-    match st.pins.get(id).cloned() {
-        Some(pin) if pin.identity_key != cert.identity_key => {
-            if st.warned.insert((id.clone(), cert.identity_key)) {
-                drop(st);
-                inner.emit(Event::KeyChanged {
-                    identifier: id.clone(),
-                    pinned_fingerprint: pin.identity_key.fingerprint().to_string(),
-                    new_fingerprint: cert.identity_key.fingerprint().to_string(),
-                    verified: pin.verified,
-                    reset: crate::kt::reset_kind(&pin),
-                });
-                if pin.registration_lock {
-                    crate::kt::judge_locked_change(inner, id.clone(), cert.identity_key);
-                }
-            }
-            return Err(CloseCode::KeyChanged);
-        }
-        Some(_) => {}
-        None => {
-            st.pins.insert(id.clone(), {
-                let mut pin = Pin::new(cert.identity_key, now_secs(), false, true);
-                crate::kt::fill_pin(inner, id, &mut pin);
-                pin
-            });
-            let _ = inner.home.save_pins(&st.pins);
-        }
-    }
-    Ok(id.clone())
-}
-
-async fn lookup(inner: &Arc<Inner>, id: &Identifier) -> Result<ContactEntry, SessionError> {
-    match inner
-        .session
-        .request(Request::Lookup {
-            identifier: id.clone(),
-        })
-        .await?
-    {
-        Reply::Lookup { contact } => Ok(contact),
-        _ => Err(SessionError::Timeout),
-    }
-}
-
-fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, identifier: Identifier) {
+fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, accepted: Accepted) {
+    // A proven contact: lift the limits a stranger's connection starts with.
+    dialtone_net::trust(&conn);
+    let identifier = accepted.identifier;
+    let features = accepted.features;
     let events = inner.events.clone();
     let who = identifier.clone();
     dialtone_net::watch_paths(&conn, move |path| {
@@ -230,13 +133,97 @@ fn register(inner: &Arc<Inner>, conn: Connection, device: DeviceId, identifier: 
             conn: conn.clone(),
             identifier: identifier.clone(),
             last_used: Instant::now(),
+            features,
         },
     );
-    tokio::spawn(serve_streams(inner.clone(), conn, device, identifier));
+    if inner.peer.legacy {
+        // As an agent from before features: a unidirectional stream is something it would
+        // not understand. Close, so that a test sees it.
+        let c = conn.clone();
+        tokio::spawn(async move {
+            if c.accept_uni().await.is_ok() {
+                dialtone_net::close(&c, CloseCode::Protocol);
+            }
+        });
+    } else {
+        let c = conn.clone();
+        tokio::spawn(async move {
+            dialtone_net::refuse_uni_streams(&c, StreamCode::Unsupported).await;
+        });
+    }
+    tokio::spawn(serve_streams(
+        inner.clone(),
+        conn,
+        device,
+        identifier,
+        features,
+    ));
 }
 
-/// Answers the message streams a verified peer opens, until the connection ends.
-async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, from: Identifier) {
+/// What a stream's first frame (and, for an `open`, the next) amounted to.
+enum Incoming {
+    Text {
+        id: MessageId,
+        sent_at_ms: u64,
+        body: String,
+    },
+    /// Not understood: answer `unsupported` naming this frame (and kind).
+    Unsupported { frame: String, kind: Option<String> },
+    /// Broken or timed out: drop the stream.
+    Broken,
+}
+
+/// Reads a stream's request: `open` + `text`, or (a legacy peer's layout) `text` alone. In
+/// legacy mode (the test knob) an `open` is not understood, as by an agent before features.
+async fn read_incoming(recv: &mut dialtone_net::RecvStream, legacy: bool) -> Incoming {
+    let first = read_frame(recv).await;
+    let first = match first {
+        Ok(Frame::Open { kind }) if !legacy => match StreamKind::parse(&kind) {
+            Some(StreamKind::Message) => read_frame(recv).await,
+            _ => {
+                return Incoming::Unsupported {
+                    frame: "open".into(),
+                    kind: Some(kind),
+                };
+            }
+        },
+        other => other,
+    };
+    match first {
+        Ok(Frame::Text {
+            id,
+            sent_at_ms,
+            body,
+        }) => Incoming::Text {
+            id,
+            sent_at_ms,
+            body,
+        },
+        Ok(other) => Incoming::Unsupported {
+            frame: other.name().into(),
+            kind: None,
+        },
+        Err(dialtone_net::FrameError::Decode(DecodeError::UnknownFrame(name))) => {
+            Incoming::Unsupported {
+                frame: name,
+                kind: None,
+            }
+        }
+        Err(e) => {
+            debug!("bad frame from peer: {e}");
+            Incoming::Broken
+        }
+    }
+}
+
+/// Answers the streams a verified peer opens, until the connection ends.
+async fn serve_streams(
+    inner: Arc<Inner>,
+    conn: Connection,
+    device: DeviceId,
+    from: Identifier,
+    features: Features,
+) {
     loop {
         let (mut send, mut recv) = tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -250,19 +237,51 @@ async fn serve_streams(inner: Arc<Inner>, conn: Connection, device: DeviceId, fr
         let from = from.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            let frame =
-                match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv)).await {
-                    Ok(Ok(f)) => f,
-                    Ok(Err(e)) => return debug!("bad frame from peer: {e}"),
-                    Err(_) => return,
-                };
-            let Frame::Text {
-                id,
-                sent_at_ms,
-                body,
-            } = frame
-            else {
-                return debug!("unexpected frame from peer");
+            let incoming = match tokio::time::timeout(
+                Duration::from_secs(10),
+                read_incoming(&mut recv, inner.peer.legacy),
+            )
+            .await
+            {
+                Ok(i) => i,
+                Err(_) => Incoming::Broken,
+            };
+            let (id, sent_at_ms, body) = match incoming {
+                Incoming::Text {
+                    id,
+                    sent_at_ms,
+                    body,
+                } => (id, sent_at_ms, body),
+                Incoming::Broken => {
+                    return dialtone_net::refuse_stream(
+                        &mut send,
+                        &mut recv,
+                        StreamCode::Unsupported,
+                    );
+                }
+                Incoming::Unsupported { frame, kind } => {
+                    debug!(
+                        frame,
+                        ?kind,
+                        "peer sent a frame or stream kind we do not know"
+                    );
+                    if inner.peer.legacy {
+                        // An agent from before features could not read it either.
+                        return dialtone_net::close(&conn, CloseCode::Protocol);
+                    }
+                    // Only to a peer that announced it can read the answer.
+                    if features.contains(Feature::Unsupported) {
+                        let answer = Frame::Unsupported { frame, kind };
+                        let _ = write_frame(&mut send, &answer).await;
+                        let _ = send.finish();
+                        let _ = recv.stop(dialtone_net::VarInt::from_u32(
+                            StreamCode::Unsupported.code(),
+                        ));
+                    } else {
+                        dialtone_net::refuse_stream(&mut send, &mut recv, StreamCode::Unsupported);
+                    }
+                    return;
+                }
             };
             let answer = if inner.config.direct_only
                 && !dialtone_net::wait_direct(&conn, Duration::from_secs(3)).await
@@ -598,7 +617,7 @@ async fn send_to_device(
     // One retry with a fresh connection if a cached one turns out to be dead.
     let started = Instant::now();
     for attempt in 0..2 {
-        let (conn, fresh) = connection(inner, to, device, endpoint).await?;
+        let (conn, fresh, features) = connection(inner, to, device, endpoint).await?;
         if inner.config.direct_only {
             let left = inner
                 .config
@@ -612,6 +631,13 @@ async fn send_to_device(
         }
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| None)?;
+            // The stream's kind first, only to a peer that announced it reads one.
+            if features.contains(Feature::StreamKinds) {
+                let open = Frame::Open {
+                    kind: StreamKind::Message.name().into(),
+                };
+                write_frame(&mut send, &open).await.map_err(|_| None)?;
+            }
             write_frame(&mut send, &frame).await.map_err(|_| None)?;
             let _ = send.finish();
             read_frame(&mut recv).await.map_err(|_| None)
@@ -622,6 +648,11 @@ async fn send_to_device(
                 return Ok(shown_to);
             }
             Ok(Ok(Frame::Refuse { refusal, .. })) => return Err(refusal),
+            Ok(Ok(Frame::Unsupported { frame, kind })) => {
+                // The peer does not take this: the connection stays, the message is refused.
+                debug!(peer = %device.short(), frame, ?kind, "peer answered unsupported");
+                return Err(Refusal::PeerRefused);
+            }
             Ok(Ok(_)) => {
                 dialtone_net::close(&conn, CloseCode::Protocol);
                 return Err(Refusal::PeerRefused);
@@ -665,19 +696,46 @@ fn close_refusal(conn: &Connection) -> Option<Refusal> {
     })
 }
 
-/// A verified connection to `dev`: the cached one, or a new one (connect + hellos).
+/// A verified connection to `device` and the features both sides speak on it: the cached
+/// one, or a new one (connect + hellos). Concurrent sends to one device share one dial.
 async fn connection(
     inner: &Arc<Inner>,
     to: &Identifier,
     device: DeviceId,
     endpoint: &dialtone_proto::directory::EndpointInfo,
-) -> Result<(Connection, bool), Refusal> {
-    if let Some(pc) = inner.lock().conns.get_mut(&device)
-        && pc.conn.close_reason().is_none()
-    {
-        pc.last_used = Instant::now();
-        return Ok((pc.conn.clone(), false));
+) -> Result<(Connection, bool, Features), Refusal> {
+    if let Some(c) = cached(inner, &device) {
+        return Ok(c);
     }
+    let flight = inner.peer.dial_lock(device);
+    let result = {
+        let _dialing = flight.lock().await;
+        // Whoever held the lock before us may have connected already.
+        match cached(inner, &device) {
+            Some(c) => Ok(c),
+            None => dial(inner, to, device, endpoint).await,
+        }
+    };
+    inner.peer.dial_done(device, flight);
+    result
+}
+
+fn cached(inner: &Inner, device: &DeviceId) -> Option<(Connection, bool, Features)> {
+    let mut st = inner.lock();
+    let pc = st.conns.get_mut(device)?;
+    if pc.conn.close_reason().is_some() {
+        return None;
+    }
+    pc.last_used = Instant::now();
+    Some((pc.conn.clone(), false, pc.features))
+}
+
+async fn dial(
+    inner: &Arc<Inner>,
+    to: &Identifier,
+    device: DeviceId,
+    endpoint: &dialtone_proto::directory::EndpointInfo,
+) -> Result<(Connection, bool, Features), Refusal> {
     let started = Instant::now();
     let timeout = inner.config.connect_timeout;
     let conn = dialtone_net::connect(&inner.endpoint, &device, endpoint, timeout)
@@ -702,22 +760,18 @@ async fn connection(
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));
     let handshake = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| CloseCode::Protocol)?;
-        write_frame(&mut send, &my_hello(inner))
-            .await
-            .map_err(|_| CloseCode::Protocol)?;
-        let _ = send.finish();
-        let Ok(Frame::Hello(hello)) = read_frame(&mut recv).await else {
-            return Err(CloseCode::Protocol);
+        let Ok((send, recv)) = conn.open_bi().await else {
+            return Outcome::Refused(CloseCode::Protocol);
         };
-        verify_hello(inner, &hello, device, Some(to)).await
+        hello::run(inner, Role::Dialer(to.clone()), device, send, recv).await
     };
     match tokio::time::timeout(remaining, handshake).await {
-        Ok(Ok(identifier)) => {
-            register(inner, conn.clone(), device, identifier);
-            Ok((conn, true))
+        Ok(Outcome::Accepted(accepted)) => {
+            let features = accepted.features;
+            register(inner, conn.clone(), device, accepted);
+            Ok((conn, true, features))
         }
-        Ok(Err(code)) => {
+        Ok(Outcome::Refused(code)) => {
             // Either the peer closed on us (read the reason) or its hello failed our checks.
             if let Some(r) = close_refusal(&conn) {
                 warn!(peer = %device.short(), "peer refused the connection");
@@ -731,6 +785,10 @@ async fn connection(
                 CloseCode::DeviceRevoked => Refusal::DeviceRevoked,
                 _ => Refusal::PeerRefused,
             })
+        }
+        Ok(Outcome::Link { .. }) => {
+            dialtone_net::close(&conn, CloseCode::Protocol);
+            Err(Refusal::PeerRefused)
         }
         Err(_) => {
             dialtone_net::close(&conn, CloseCode::Protocol);

@@ -31,8 +31,9 @@ pub mod select;
 
 /// The iroh endpoint itself, for `dialtone-agent`'s accept loop.
 pub use iroh::Endpoint;
-/// iroh types the other crates use. `dialtone-agent` holds connections and streams.
-pub use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+/// iroh types the other crates use. `dialtone-agent` holds connections and streams, and
+/// takes or refuses each `Incoming` connection.
+pub use iroh::endpoint::{Connection, ConnectionError, Incoming, RecvStream, SendStream, VarInt};
 
 /// How to set up the peer endpoint.
 ///
@@ -158,6 +159,7 @@ async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
         .net_report_config(net_report_config())
         .clear_address_lookup()
         .path_selector(std::sync::Arc::new(select::Ipv6First))
+        .transport_config(stranger_transport())
         .clear_ip_transports();
     if !config.portmapper {
         builder = builder.portmapper_config(PortmapperConfig::Disabled);
@@ -172,6 +174,88 @@ async fn bind_exact(config: &EndpointConfig) -> Result<Endpoint, BindError> {
         .bind()
         .await
         .map_err(|e| BindError::Iroh(Box::new(e)))
+}
+
+/// Streams a peer may open at once before its hello proved a contact: one bidirectional
+/// stream (the hello), no unidirectional one.
+pub const STRANGER_BI_STREAMS: u32 = 1;
+/// Bytes a peer may have in flight on one stream (before and after the hello; QUIC has no
+/// per-connection change of it): room for two frames of [`MAX_FRAME_LEN`].
+pub const STREAM_WINDOW: u32 = 2 * (MAX_FRAME_LEN as u32 + 4);
+/// Bytes a peer may have in flight on the whole connection before its hello proved a contact.
+pub const STRANGER_WINDOW: u32 = 4 * STREAM_WINDOW;
+/// Bidirectional streams a proven contact may open at once (one per message in flight).
+pub const CONTACT_BI_STREAMS: u32 = 128;
+/// Unidirectional streams a proven contact may open at once; none is used yet, each is
+/// stopped at once ([`refuse_uni_streams`]), so a few are enough to answer each explicitly.
+pub const CONTACT_UNI_STREAMS: u32 = 4;
+/// Bytes a proven contact may have in flight on the whole connection.
+pub const CONTACT_WINDOW: u32 = 8 * 1024 * 1024;
+/// Longest QUIC idle time: a connection whose peer stops answering is dropped after this.
+pub const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// The transport limits every connection starts with, before a hello proved a contact: a
+/// stranger gets one stream for its hello and a small receive window. [`trust`] raises them
+/// once the hello passed.
+fn stranger_transport() -> iroh::endpoint::QuicTransportConfig {
+    let idle = iroh::endpoint::IdleTimeout::try_from(MAX_IDLE).ok();
+    iroh::endpoint::QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(VarInt::from_u32(STRANGER_BI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(STRANGER_WINDOW))
+        .max_idle_timeout(idle)
+        .build()
+}
+
+/// Raises a connection's limits to a proven contact's: more streams and a larger window.
+pub fn trust(conn: &Connection) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(CONTACT_BI_STREAMS));
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(CONTACT_UNI_STREAMS));
+    conn.set_receive_window(VarInt::from_u32(CONTACT_WINDOW));
+}
+
+/// Where an incoming connection comes from, known before any handshake work: what the
+/// agent counts its per-remote cap by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IncomingSource {
+    /// A direct connection from this IP address.
+    Ip(std::net::IpAddr),
+    /// Through the relay, from this device (the relay names it).
+    Relayed(DeviceId),
+    /// Another transport.
+    Other,
+}
+
+/// Where `incoming` comes from.
+pub fn incoming_source(incoming: &Incoming) -> IncomingSource {
+    match incoming.remote_addr() {
+        iroh::endpoint::IncomingAddr::Ip(a) => IncomingSource::Ip(a.ip()),
+        iroh::endpoint::IncomingAddr::Relay { endpoint_id, .. } => {
+            DeviceId::from_bytes(endpoint_id.as_bytes())
+                .map_or(IncomingSource::Other, IncomingSource::Relayed)
+        }
+        _ => IncomingSource::Other,
+    }
+}
+
+/// Stops every unidirectional stream the peer opens, at once, with `code` (no frame of ours
+/// travels on one yet): the peer learns it was refused and nothing stays in buffers. Ends
+/// when the connection does.
+pub async fn refuse_uni_streams(conn: &Connection, code: dialtone_proto::wire::StreamCode) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let _ = recv.stop(VarInt::from_u32(code.code()));
+    }
+}
+
+/// Stops a stream's receiving side with `code` and resets its sending side with it.
+pub fn refuse_stream(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    code: dialtone_proto::wire::StreamCode,
+) {
+    let _ = recv.stop(VarInt::from_u32(code.code()));
+    let _ = send.reset(VarInt::from_u32(code.code()));
 }
 
 /// Waits until the endpoint is connected to its relay and knows its public address (at most

@@ -1,18 +1,28 @@
 //! The peer protocol, spoken between two agents over an iroh connection (ALPN `dialtone/1`).
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes of CBOR (RFC 8949)
-//! encoding one [`Frame`]; the CDDL schema is in `docs/protocol.md`. Flow:
+//! encoding one [`Frame`]; the CDDL schema and golden bytes of every frame are in
+//! `docs/protocol.md`. Flow:
 //!
 //! - The dialer opens the first bidirectional stream and sends [`Frame::Hello`] with its
-//!   identifier and device certificate. The listener checks the certificate against the
-//!   connection's authenticated device key, the identity against the key it pinned for that
-//!   identifier, and the contact authorization, then answers [`Frame::Hello`] with its own
-//!   (which the dialer checks the same way) or [`Frame::Close`] with a [`CloseCode`].
-//! - Each message then travels on a bidirectional stream of its own: [`Frame::Text`] from the
-//!   sender, [`Frame::Ack`] or [`Frame::Refuse`] back, then both sides finish the stream.
+//!   identifier, device certificate, the protocol versions it speaks and the [`Feature`]s it
+//!   understands. The listener checks it ([`crate::hello`]) and answers with its own (which
+//!   the dialer checks the same way) or closes the connection with a [`CloseCode`]. Each side
+//!   then uses only the features *both* announced ([`Features::common`]); a hello with no
+//!   feature list (an agent from before features existed) announces [`Features::LEGACY`].
+//! - Each message then travels on a bidirectional stream of its own. With
+//!   [`Feature::StreamKinds`] the stream starts with [`Frame::Open`] naming its
+//!   [`StreamKind`]; without it (a legacy peer) the first frame is the [`Frame::Text`] itself.
+//!   [`Frame::Ack`] or [`Frame::Refuse`] comes back, then both sides finish the stream.
+//! - A frame or stream kind the receiver does not know is answered with
+//!   [`Frame::Unsupported`] (to a peer that announced [`Feature::Unsupported`]; otherwise
+//!   the stream is stopped with [`StreamCode::Unsupported`]), never with a dead connection.
+//!   Unidirectional streams are stopped at once with [`StreamCode::Unsupported`].
 //! - An idle connection is closed by either side; the next message reconnects.
 //!
-//! Decoding rejects trailing bytes and frames over [`MAX_FRAME_LEN`]; it never panics.
+//! Decoding rejects trailing bytes and frames over [`MAX_FRAME_LEN`]; it never panics. A
+//! well-formed frame of an unknown type decodes to [`DecodeError::UnknownFrame`], so that it
+//! can be answered.
 
 use std::fmt;
 
@@ -22,8 +32,15 @@ use crate::{ids::Identifier, keys::DeviceCertificate, refusal::Refusal, transpar
 
 /// The ALPN of the Dialtone peer protocol, version 1.
 pub const ALPN: &[u8] = b"dialtone/1";
-/// Protocol version carried in [`Hello`].
+/// The lowest protocol version this implementation speaks, carried in [`Hello::version`]
+/// (agents from before version ranges accept only a hello whose `version` is 1).
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this implementation speaks ([`Hello::max_version`]).
+pub const MAX_PROTOCOL_VERSION: u32 = 1;
+/// Most entries in [`Hello::features`].
+pub const MAX_FEATURES: usize = 32;
+/// Longest feature name, stream kind or frame name in a frame, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
 /// Largest frame, in bytes (without the 4-byte length prefix).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Longest text message body, in bytes of UTF-8.
@@ -82,11 +99,14 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
-/// The first frame each side sends: who it is.
+/// The first frame each side sends: who it is, and what it speaks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
-    /// [`PROTOCOL_VERSION`].
+    /// The lowest protocol version the sender speaks ([`PROTOCOL_VERSION`]).
     pub version: u32,
+    /// The highest protocol version the sender speaks; absent: only `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<u32>,
     /// The sender's identifier.
     pub identifier: Identifier,
     /// The sender's device certificate; its `device_id` must be the connection's peer key.
@@ -95,6 +115,168 @@ pub struct Hello {
     /// Optional: absent from older agents and from agents that have none yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<crate::transparency::Checkpoint>,
+    /// The names of the [`Feature`]s the sender understands (unknown names are ignored, so
+    /// new features can be added). Absent: an agent from before features existed, which
+    /// speaks [`Features::LEGACY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+}
+
+impl Hello {
+    /// The versions the sender speaks, lowest and highest.
+    pub fn versions(&self) -> (u32, u32) {
+        (self.version, self.max_version.unwrap_or(self.version))
+    }
+
+    /// The known features the sender announced ([`Features::LEGACY`] without a list).
+    pub fn features(&self) -> Features {
+        match &self.features {
+            None => Features::LEGACY,
+            Some(names) => names.iter().filter_map(|n| Feature::parse(n)).collect(),
+        }
+    }
+}
+
+/// The highest version both ranges contain, if any.
+pub fn negotiate_version(ours: (u32, u32), theirs: (u32, u32)) -> Option<u32> {
+    let low = ours.0.max(theirs.0);
+    let high = ours.1.min(theirs.1);
+    (low <= high).then_some(high)
+}
+
+/// Something a device may understand beyond the bare protocol. A device never sends what
+/// needs a feature its peer did not announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Feature {
+    /// `text`: text messages on message streams, answered by `ack` or `refuse` (all agents).
+    Text,
+    /// `stream-kinds`: every bidirectional stream after the hello starts with [`Frame::Open`].
+    StreamKinds,
+    /// `unsupported`: an unknown frame or stream kind is answered with
+    /// [`Frame::Unsupported`].
+    Unsupported,
+}
+
+impl Feature {
+    /// Every feature this implementation knows.
+    pub const ALL: [Feature; 3] = [Self::Text, Self::StreamKinds, Self::Unsupported];
+
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::StreamKinds => "stream-kinds",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    /// The feature with this wire name, if known.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        match self {
+            Self::Text => 1,
+            Self::StreamKinds => 2,
+            Self::Unsupported => 4,
+        }
+    }
+}
+
+/// A set of [`Feature`]s.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Features(u32);
+
+impl Features {
+    /// What an agent from before features existed speaks: text messages only.
+    pub const LEGACY: Self = Self(1);
+    /// Everything this implementation speaks.
+    pub const ALL: Self = Self(1 | 2 | 4);
+
+    /// Whether `f` is in the set.
+    pub fn contains(self, f: Feature) -> bool {
+        self.0 & f.bit() != 0
+    }
+
+    /// The set with `f` added.
+    pub fn with(self, f: Feature) -> Self {
+        Self(self.0 | f.bit())
+    }
+
+    /// What both sides speak: the only features a device may use on a connection.
+    pub fn common(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The features in the set, in [`Feature::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Feature> {
+        Feature::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+
+    /// The wire names, for [`Hello::features`].
+    pub fn names(self) -> Vec<String> {
+        self.iter().map(|f| f.name().to_owned()).collect()
+    }
+}
+
+impl FromIterator<Feature> for Features {
+    fn from_iter<I: IntoIterator<Item = Feature>>(iter: I) -> Self {
+        iter.into_iter().fold(Self(0), Self::with)
+    }
+}
+
+impl fmt::Debug for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(Feature::name))
+            .finish()
+    }
+}
+
+/// What a bidirectional stream carries, named by its [`Frame::Open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamKind {
+    /// `message`: one [`Frame::Text`], answered by [`Frame::Ack`] or [`Frame::Refuse`].
+    Message,
+}
+
+impl StreamKind {
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+        }
+    }
+
+    /// The kind with this wire name, if known.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Message].into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Application error codes for stopping or resetting a single stream (QUIC `STOP_SENDING`
+/// and `RESET_STREAM`), as opposed to closing the connection ([`CloseCode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamCode {
+    /// The receiver does not take this stream: a unidirectional stream, an unknown stream
+    /// kind or frame from a peer that does not speak [`Feature::Unsupported`].
+    Unsupported,
+    /// The receiver has too many streams in flight, or the stream broke a limit.
+    Limit,
+}
+
+impl StreamCode {
+    /// The QUIC application error code.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Unsupported => 1,
+            Self::Limit => 2,
+        }
+    }
 }
 
 /// Why a connection was closed during or after the hello.
@@ -236,7 +418,39 @@ pub enum Frame {
         /// For a person, at most [`MAX_REASON_LEN`] bytes.
         reason: String,
     },
+    /// The first frame of a bidirectional stream after the hello (with
+    /// [`Feature::StreamKinds`]): what the stream carries.
+    Open {
+        /// A [`StreamKind`] name; unknown kinds are answered with [`Frame::Unsupported`].
+        kind: String,
+    },
+    /// The answer to a frame or stream kind the receiver does not understand (with
+    /// [`Feature::Unsupported`]); the stream then ends, the connection stays.
+    Unsupported {
+        /// The `t` of the frame that was not understood (`open` for an unknown kind).
+        frame: String,
+        /// The stream kind that was not understood, for `open`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+    },
 }
+
+/// The `t` of every frame this implementation knows.
+pub const FRAME_NAMES: [&str; 13] = [
+    "hello",
+    "close",
+    "text",
+    "ack",
+    "refuse",
+    "link_request",
+    "link_accepted",
+    "link_pins",
+    "link_bundle",
+    "link_done",
+    "link_refused",
+    "open",
+    "unsupported",
+];
 
 /// Most pins in one [`Frame::LinkPins`].
 pub const MAX_LINK_PINS: usize = 100;
@@ -259,6 +473,10 @@ pub enum DecodeError {
     /// A field is out of range (e.g. a text over [`MAX_TEXT_LEN`]).
     #[error("invalid frame: {0}")]
     Invalid(&'static str),
+    /// A well-formed frame whose type (`t`) this implementation does not know: answer it
+    /// with [`Frame::Unsupported`]. The name is cut to [`MAX_NAME_LEN`] bytes.
+    #[error("unknown frame type {0:?}")]
+    UnknownFrame(String),
 }
 
 impl Frame {
@@ -287,8 +505,14 @@ impl Frame {
             return Err(DecodeError::TooLong(bytes.len()));
         }
         let mut cursor = std::io::Cursor::new(bytes);
-        let frame: Self = ciborium::from_reader(&mut cursor)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let frame: Self = match ciborium::from_reader(&mut cursor) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(
+                    unknown_frame(bytes).unwrap_or_else(|| DecodeError::Malformed(e.to_string()))
+                );
+            }
+        };
         let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
         if used != bytes.len() {
             return Err(DecodeError::TrailingBytes(bytes.len().saturating_sub(used)));
@@ -323,10 +547,80 @@ impl Frame {
             Self::LinkRefused { reason } if reason.len() > MAX_REASON_LEN => {
                 Err(DecodeError::Invalid("reason over MAX_REASON_LEN"))
             }
+            Self::Hello(h) if h.max_version.is_some_and(|m| m < h.version) => {
+                Err(DecodeError::Invalid("max_version below version"))
+            }
+            Self::Hello(h)
+                if h.features.as_ref().is_some_and(|f| {
+                    f.len() > MAX_FEATURES || f.iter().any(|n| n.len() > MAX_NAME_LEN)
+                }) =>
+            {
+                Err(DecodeError::Invalid("too many or too long feature names"))
+            }
+            Self::Open { kind } if kind.is_empty() || kind.len() > MAX_NAME_LEN => {
+                Err(DecodeError::Invalid("bad stream kind"))
+            }
+            Self::Unsupported { frame, kind }
+                if frame.len() > MAX_NAME_LEN
+                    || kind.as_ref().is_some_and(|k| k.len() > MAX_NAME_LEN) =>
+            {
+                Err(DecodeError::Invalid("name over MAX_NAME_LEN"))
+            }
             _ => Ok(()),
         }
     }
+
+    /// The frame's `t`, as on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Close { .. } => "close",
+            Self::Text { .. } => "text",
+            Self::Ack { .. } => "ack",
+            Self::Refuse { .. } => "refuse",
+            Self::LinkRequest { .. } => "link_request",
+            Self::LinkAccepted { .. } => "link_accepted",
+            Self::LinkPins { .. } => "link_pins",
+            Self::LinkBundle(_) => "link_bundle",
+            Self::LinkDone => "link_done",
+            Self::LinkRefused { .. } => "link_refused",
+            Self::Open { .. } => "open",
+            Self::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// What a receiver answers to a frame it did not expect here: [`Frame::Unsupported`]
+    /// naming it.
+    pub fn unsupported(name: &str) -> Self {
+        Self::Unsupported {
+            frame: cut(name),
+            kind: None,
+        }
+    }
 }
+
+fn cut(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// A CBOR map whose `t` is text but no frame this implementation knows: a newer peer's frame.
+fn unknown_frame(bytes: &[u8]) -> Option<DecodeError> {
+    let value: ciborium::Value = ciborium::from_reader(bytes).ok()?;
+    let t = value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("t"))?
+        .1
+        .as_text()?;
+    (!FRAME_NAMES.contains(&t)).then(|| DecodeError::UnknownFrame(cut(t)))
+}
+
+#[cfg(test)]
+mod golden;
 
 #[cfg(test)]
 mod tests {
@@ -364,9 +658,11 @@ mod tests {
         let dev = DeviceId::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
         Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
+            max_version: None,
             identifier: Identifier::parse("alice@example.com").unwrap(),
             device_cert: DeviceCertificate::issue(&id, dev, "laptop", 1).unwrap(),
             checkpoint: None,
+            features: None,
         })
     }
 
