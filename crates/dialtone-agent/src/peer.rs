@@ -293,6 +293,17 @@ async fn serve_streams(
             } else {
                 deliver(&inner, from, device, id, sent_at_ms, body).await
             };
+            let answer = match answer {
+                // A peer that cannot read `no-front-end` is told the nearest refusal it knows.
+                Frame::Refuse {
+                    id,
+                    refusal: Refusal::NoFrontEnd,
+                } if !features.contains(Feature::NoFrontEnd) => Frame::Refuse {
+                    id,
+                    refusal: Refusal::Timeout,
+                },
+                a => a,
+            };
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
         });

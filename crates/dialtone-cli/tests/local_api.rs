@@ -396,6 +396,9 @@ fn a_duplicate_message_id_is_shown_once() {
             identifier: dialtone_proto::Identifier::parse(ALICE).unwrap(),
             device_cert: cert,
             checkpoint: None,
+            // Today's legacy hello: version 1, text only, no stream kinds.
+            max_version: None,
+            features: None,
         });
         dialtone_net::write_frame(&mut send, &hello).await.unwrap();
         let _ = send.finish();

@@ -156,11 +156,19 @@ pub enum Feature {
     /// `unsupported`: an unknown frame or stream kind is answered with
     /// [`Frame::Unsupported`].
     Unsupported,
+    /// `no-front-end`: the peer understands the refusal `no-front-end` (online, but no app
+    /// open to show the message); a peer without it is refused `timeout` instead.
+    NoFrontEnd,
 }
 
 impl Feature {
     /// Every feature this implementation knows.
-    pub const ALL: [Feature; 3] = [Self::Text, Self::StreamKinds, Self::Unsupported];
+    pub const ALL: [Feature; 4] = [
+        Self::Text,
+        Self::StreamKinds,
+        Self::Unsupported,
+        Self::NoFrontEnd,
+    ];
 
     /// The name on the wire.
     pub fn name(self) -> &'static str {
@@ -168,6 +176,7 @@ impl Feature {
             Self::Text => "text",
             Self::StreamKinds => "stream-kinds",
             Self::Unsupported => "unsupported",
+            Self::NoFrontEnd => "no-front-end",
         }
     }
 
@@ -181,6 +190,7 @@ impl Feature {
             Self::Text => 1,
             Self::StreamKinds => 2,
             Self::Unsupported => 4,
+            Self::NoFrontEnd => 8,
         }
     }
 }
@@ -193,7 +203,7 @@ impl Features {
     /// What an agent from before features existed speaks: text messages only.
     pub const LEGACY: Self = Self(1);
     /// Everything this implementation speaks.
-    pub const ALL: Self = Self(1 | 2 | 4);
+    pub const ALL: Self = Self(1 | 2 | 4 | 8);
 
     /// Whether `f` is in the set.
     pub fn contains(self, f: Feature) -> bool {

@@ -21,7 +21,9 @@ use dialtone_proto::{
     },
     keys::sign,
     transparency::{Checkpoint, Hash32, KtKeys, kt_value_devices, kt_value_list},
-    wire::{CloseCode, Frame, Hello, MAX_LINK_PINS, MessageId, PROTOCOL_VERSION},
+    wire::{
+        CloseCode, Frame, Hello, MAX_LINK_PINS, MAX_PROTOCOL_VERSION, MessageId, PROTOCOL_VERSION,
+    },
 };
 use ed25519_dalek::SigningKey;
 use proptest::{collection::vec, option, prelude::*, sample::select};
@@ -169,14 +171,26 @@ fn link_code() -> impl Strategy<Value = LinkCode> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (identifier(), cert(), option::of(checkpoint())).prop_map(|(identifier, c, cp)| {
-            Frame::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                identifier,
-                device_cert: c,
-                checkpoint: cp,
-            })
-        }),
+        (
+            identifier(),
+            cert(),
+            option::of(checkpoint()),
+            option::of(Just(MAX_PROTOCOL_VERSION)),
+            option::of(vec("[a-z-]{1,20}", 0..6)),
+        )
+            .prop_map(|(identifier, c, cp, max_version, features)| {
+                Frame::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    max_version,
+                    identifier,
+                    device_cert: c,
+                    checkpoint: cp,
+                    features,
+                })
+            }),
+        "[a-z-]{1,20}".prop_map(|kind| Frame::Open { kind }),
+        ("[a-z_]{1,20}", option::of("[a-z-]{1,20}"))
+            .prop_map(|(frame, kind)| Frame::Unsupported { frame, kind }),
         close_code().prop_map(|code| Frame::Close { code }),
         (message_id(), any::<u64>(), ".{0,200}").prop_map(|(id, sent_at_ms, body)| {
             Frame::Text {
