@@ -3,10 +3,11 @@
 //! `id`, `register` and `verify` work on the home directory and the directory server directly;
 //! `up` runs the agent; every other command is a client of the running agent's local API.
 //!
-//! Exit codes: 0 success; 1 error; 2 usage; 3 the agent is not running; 4 the directory
-//! refused or could not be reached; 10–17 a message was refused (see `Refusal::exit_code`:
-//! 10 offline, 11 unreachable, 12 not-a-contact, 13 blocked, 14 do-not-disturb, 15 timeout,
-//! 16 key-changed, 17 peer-refused).
+//! Exit codes (README.md; chosen by cause in `exit`): 0 success; 1 error; 2 usage; 3 the
+//! agent is not running; 4 the directory refused or could not be reached; 10–19 a refusal
+//! (see `Refusal::exit_code`: 10 offline, 11 unreachable, 12 not-a-contact, 13 blocked,
+//! 14 do-not-disturb, 15 timeout, 16 key-changed, 17 peer-refused, 18 directory-untrusted,
+//! 19 device-revoked).
 //!
 //! Layout: `args` (clap), `exit` (exit codes and the error that carries one), `input` (the
 //! home, secret files, the clock), `commands` (one module per group), `render` (output for
