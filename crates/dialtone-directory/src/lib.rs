@@ -28,6 +28,7 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+mod devicelist;
 mod http;
 pub mod kt;
 pub mod provision;

@@ -25,6 +25,7 @@ use crate::{
 };
 
 use super::*;
+use crate::devicelist::ListRefusal;
 
 pub(super) async fn register_start(
     State(st): State<Arc<AppState>>,
@@ -286,24 +287,20 @@ pub(super) async fn register_confirm(
                         )));
                     }
                 }
-                if let Some(old) = &published
-                    && old.version >= list.version
+                if let Err(r) =
+                    crate::devicelist::check_successor(published.as_ref(), list, pin_given)
                 {
-                    return Err(StoreError::Invalid(
-                        "the device list is older than the published one".into(),
-                    ));
-                }
-                // How a key was bound stays with it: without a PIN now, only a key that was
-                // bound with one may say so.
-                if list.unlocked_with_pin
-                    && !pin_given
-                    && !published.as_ref().is_some_and(|l| l.unlocked_with_pin)
-                {
-                    return Ok(Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::UnlockMismatch,
-                        "the device list says it was unlocked with a PIN, but no lock was opened; run `dialtone register` again",
-                    )));
+                    return match r {
+                        // Typed, so the CLI can sign its list again without reading words.
+                        ListRefusal::UnlockedWithoutPin | ListRefusal::BindingChanged => {
+                            Ok(Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::UnlockMismatch,
+                                format!("{r}; run `dialtone register` again"),
+                            )))
+                        }
+                        r => Err(StoreError::Invalid(r.to_string())),
+                    };
                 }
             }
             // A lock asked for without a PIN: only the same key keeping the lock it has.
@@ -438,27 +435,9 @@ fn check_registration_list(
             LockChange::Clear
         });
     };
-    list.verify()
-        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
-    if list.identifier != req.identifier || list.identity_key != req.identity_key {
-        return Err(bad(
-            "the device list is for another identifier or key".into()
-        ));
-    }
-    if !list.contains(&cert.device_id) {
-        return Err(bad(
-            "the device list does not name the registering device".into()
-        ));
-    }
-    // Without a PIN given now, the list may still say it was unlocked with one if it is a
-    // re-registration of a key that was (checked with the store, below).
-    if pin_given && !list.unlocked_with_pin {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::UnlockMismatch,
-            "the device list must say it was unlocked with the PIN",
-        ));
-    }
+    crate::devicelist::check_owned(list, &req.identifier, &req.identity_key, &cert.device_id)
+        .map_err(|r| bad(r.to_string()))?;
+    // How the key was bound is checked against the published list, with the store, below.
     match (list.registration_lock, &req.pin) {
         (false, _) => Ok(LockChange::Clear),
         // The PIN opened the old lock and stays the lock of the new key.

@@ -387,20 +387,9 @@ async fn publish_devices(
 ) -> Result<Reply, ApiError> {
     let me = ctx.account.identifier.clone();
     let bad = |m: String| err(ErrorCode::BadDeviceList, m);
-    list.verify()
-        .map_err(|e| bad(format!("the device list is invalid: {e}")))?;
     let requester = session_device(st, &me, ctx.session)?;
-    if list.identifier != me {
-        return Err(bad(format!(
-            "the device list is for {}, not {me}",
-            list.identifier
-        )));
-    }
-    if !list.contains(&requester) {
-        return Err(bad(
-            "a device cannot remove itself from the list: revoke it from another device".into(),
-        ));
-    }
+    crate::devicelist::check_owned(&list, &me, &ctx.account.identity_key, &requester)
+        .map_err(|r| bad(r.to_string()))?;
     if certs.len() > dialtone_proto::devices::MAX_DEVICES {
         return Err(bad("too many certificates".into()));
     }
@@ -445,34 +434,18 @@ async fn publish_devices(
             let tx = c.transaction()?;
             let account = q::account(&tx, &m2)?
                 .ok_or_else(|| StoreError::Invalid("the account is gone".into()))?;
+            let refused = |r: crate::devicelist::ListRefusal| StoreError::Invalid(r.to_string());
             if account.identity_key != list.identity_key {
-                return Err(StoreError::Invalid(
-                    "the device list is not signed by this account's identity key".into(),
-                ));
+                return Err(refused(crate::devicelist::ListRefusal::OtherKey));
             }
             let current = q::device_list(&tx, &m2)?;
             // How the key was bound is carried over from list to list; with no list yet
             // (a key bound by an older client), no PIN was given for it.
-            if current.is_none() && list.unlocked_with_pin {
-                return Err(StoreError::Invalid(
-                    "this key was not bound with a registration-lock PIN (unlocked_with_pin)".into(),
-                ));
+            crate::devicelist::check_successor(current.as_ref(), &list, false).map_err(refused)?;
+            if current.as_ref().is_some_and(|c| c.unlocked_with_pin) && !list.unlocked_with_pin {
+                return Err(refused(crate::devicelist::ListRefusal::BindingChanged));
             }
-            if let Some(cur) = &current {
-                if cur.version >= list.version {
-                    return Err(StoreError::Invalid(format!(
-                        "the device list's version {} is not newer than the published {}: fetch the current list and try again",
-                        list.version, cur.version
-                    )));
-                }
-                if cur.unlocked_with_pin != list.unlocked_with_pin {
-                    return Err(StoreError::Invalid(
-                        "the list must keep how its key was bound (unlocked_with_pin)".into(),
-                    ));
-                }
-            }
-            if matches!(lock, LockChange::Keep)
-                && q::lock(&tx, &m2)?.and_then(|l| l.hash).is_none()
+            if matches!(lock, LockChange::Keep) && q::lock(&tx, &m2)?.and_then(|l| l.hash).is_none()
             {
                 return Err(StoreError::Invalid(
                     "turning on the registration lock needs a PIN".into(),
