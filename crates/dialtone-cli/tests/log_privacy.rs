@@ -113,6 +113,8 @@ fn debug_logs_hold_no_message_text_codes_pins_or_status() {
     bob_watch.expect("the message", std::time::Duration::from_secs(10), |e| {
         e["body"] == TO_BOB
     });
+    // A message is delivered only to a device with a front end open.
+    let _alice_watch = alice.watch();
     run(&bob, &["send", ALICE, TO_ALICE], &mut stderrs);
     let seen = run(&alice, &["contacts", "list", "--json"], &mut stderrs);
     assert!(seen.stdout.contains(STATUS), "bob's status reached alice");

@@ -65,6 +65,8 @@ fn legacy_peer_exchanges_text_and_is_sent_nothing_else() {
     let bob = Person::online(&dir, BOB);
     alice.befriend(&bob);
     carol.befriend(&bob);
+    // A message is delivered only to a device with a front end open.
+    let _carol_watch = carol.watch();
 
     // The new agent dials the legacy one, then the legacy one answers on that connection.
     let mut alice_watch = alice.watch();
@@ -221,6 +223,8 @@ fn stranger_flood_leaves_contacts_served_and_the_directory_budget_intact() {
     let alice = Person::online(&dir, ALICE);
     let bob = Person::online(&dir, BOB);
     alice.befriend(&bob);
+    // A message is delivered only to a device with a front end open.
+    let (_alice_watch, _bob_watch) = (alice.watch(), bob.watch());
     alice.run(&["send", BOB, "before the flood"]).ok();
     let t = target(&bob);
 

@@ -13,9 +13,7 @@ use crate::{
 pub(crate) async fn contacts(home: &Home, c: ContactsCommand) -> Result {
     let (method, who, verb) = match c {
         ContactsCommand::List { json } => return list_contacts(home, json).await,
-        ContactsCommand::Add { identifier } => {
-            ("contacts.add", identifier, "contact request sent to")
-        }
+        ContactsCommand::Add { identifier } => ("contacts.add", identifier, "asked"),
         ContactsCommand::Accept { identifier } => ("contacts.accept", identifier, "accepted"),
         ContactsCommand::Reject { identifier } => ("contacts.reject", identifier, "rejected"),
         ContactsCommand::Remove { identifier } => ("contacts.remove", identifier, "removed"),
@@ -52,7 +50,15 @@ pub(crate) async fn contacts(home: &Home, c: ContactsCommand) -> Result {
     };
     let id = parse_identifier(&who)?;
     call(home, method, json!({"identifier": id})).await?;
-    println!("{verb} {id}");
+    if method == "contacts.add" {
+        // The directory answers the same whether or not they are online (a stranger learns
+        // nothing of anyone's presence), so say what that means.
+        println!(
+            "{verb} {id}: they see it only if they are online now; `dialtone watch` shows when they accept"
+        );
+    } else {
+        println!("{verb} {id}");
+    }
     Ok(())
 }
 
