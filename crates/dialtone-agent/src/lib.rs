@@ -920,11 +920,11 @@ impl AgentHandle {
     pub fn contacts(&self) -> Vec<ContactView> {
         let live = *self.inner.connected.borrow();
         let confirmed_at = if live {
-            Some(std::time::SystemTime::now())
+            Some(SystemTime::now())
         } else {
             self.inner.session.confirmed_at()
         }
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
         let st = self.inner.lock();
         let mut v: Vec<ContactView> = st

@@ -8,14 +8,20 @@
 //!    fresh data folder ([`dialtone_directory::provision`]);
 //! 2. starts the real `dialtone-directory` binary on 127.0.0.1 (rate limits per IP lifted:
 //!    every simulated device comes from one of a few loopback addresses);
-//! 3. logs every device in as an agent does (HTTP challenge, Ed25519 signature, WebSocket
-//!    upgrade, publish), from `--sources` addresses 127.0.0.x so ephemeral ports do not run
-//!    out, and keeps the sessions open, answering the directory's pings;
+//! 3. logs every device in as an agent does (`--login one`: WebSocket upgrade, the
+//!    directory's challenge on it, Ed25519 signature, Welcome, publish; `--login two`: the
+//!    older login with the HTTP challenge on a connection of its own), over plain TCP or
+//!    (`--tls`) TLS with a private CA, from `--sources` addresses 127.0.0.x so ephemeral ports
+//!    do not run out, and keeps the sessions open, answering the directory's pings;
 //! 4. measures: logins per second, directory memory per session (RSS growth ÷ sessions),
 //!    directory CPU and bytes per idle session, presence fan-out latency to contacts under
 //!    churn (publisher's clock to contact's clock, one process), lookups per second and
 //!    authenticated presence publishes per second (closed loops, `--window` outstanding), and
-//!    the directory's CPU time per operation.
+//!    the directory's CPU time per operation; then closes `--relogin-n` sessions and logs
+//!    them in again (with `--tls`, resuming their TLS sessions) and, with `--restart`, stops
+//!    the directory, starts it again on the same port and times how long until every device
+//!    is back, each reconnecting as an agent does (full jitter below a cap doubling from
+//!    250 ms to 2 s).
 //!
 //! Every phase is bounded in time and count; the directory is stopped at the end.
 
@@ -35,18 +41,17 @@ use clap::Parser;
 use dialtone_directory::provision::{Person, provision};
 use dialtone_proto::{
     DeviceCertificate, DeviceId, Identifier,
-    directory::{Challenge, ClientFrame, EndpointInfo, PresenceState, Request},
-    keys::{session_transcript, sign},
+    directory::{ClientFrame, EndpointInfo, PresenceState, Request},
 };
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::{
-    net::TcpSocket,
-    sync::{Semaphore, mpsc, oneshot},
-};
-use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+mod login;
+use login::{LoginMode, Target, Ws};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Dialtone directory load generator")]
@@ -81,6 +86,18 @@ struct Args {
     /// Seconds of the closed-loop publish phase.
     #[arg(long, default_value_t = 10.0)]
     publish_secs: f64,
+    /// Which login the devices use.
+    #[arg(long, value_enum, default_value_t = LoginMode::One)]
+    login: LoginMode,
+    /// The directory on TLS (a private CA), as in production.
+    #[arg(long)]
+    tls: bool,
+    /// Sessions closed and logged in again at the end (reconnects; TLS resumes).
+    #[arg(long, default_value_t = 1000)]
+    relogin_n: usize,
+    /// At the end, restart the directory and time until every device is back.
+    #[arg(long)]
+    restart: bool,
     /// The directory binary (default: next to this one).
     #[arg(long)]
     directory_bin: Option<PathBuf>,
@@ -96,6 +113,10 @@ type MakeRequest = Arc<dyn Fn(usize) -> String + Send + Sync>;
 enum Cmd {
     /// Send one request and do not wait for its answer (churn).
     Send(String),
+    /// Close the session, then report.
+    Close(oneshot::Sender<()>),
+    /// Log in again (after `Close`), then report whether TLS resumed.
+    Login(oneshot::Sender<anyhow::Result<bool>>),
     /// Closed loop on this session: send a request, wait for its answer, again, until
     /// `until`; count answers and errors, then report on `done`.
     Loop {
@@ -118,6 +139,10 @@ struct Shared {
     errors: AtomicU64,
     closed: AtomicUsize,
     base: std::sync::OnceLock<Instant>,
+    /// Set before a directory restart: a session that ends logs in again, as an agent does.
+    reconnect: std::sync::atomic::AtomicBool,
+    /// Sessions back after the restart, and when each came back.
+    back: Mutex<Vec<Instant>>,
 }
 
 impl Shared {
@@ -324,7 +349,12 @@ impl Drop for Dir {
     }
 }
 
-fn start_directory(bin: &Path, data: &Path) -> anyhow::Result<Dir> {
+fn start_directory(
+    bin: &Path,
+    data: &Path,
+    listen: &str,
+    tls: Option<&(String, String)>,
+) -> anyhow::Result<Dir> {
     let config = data.join("loadgen.toml");
     // Every simulated device comes from a handful of loopback addresses: the per-IP limits
     // that protect a real directory from one abusive host would throttle the test itself.
@@ -333,8 +363,12 @@ fn start_directory(bin: &Path, data: &Path) -> anyhow::Result<Dir> {
         "[limits]\nrequests_per_ip = { burst = 1000000, every = \"1us\" }\n\
          session_requests = { burst = 1000000, every = \"1us\" }\n",
     )?;
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--config"])
+    let mut cmd = Command::new(bin);
+    if let Some((cert, key)) = tls {
+        cmd.args(["--tls-cert", cert, "--tls-key", key]);
+    }
+    let mut child = cmd
+        .args(["--listen", listen, "--config"])
         .arg(&config)
         .arg("--data")
         .arg(data)
@@ -371,59 +405,80 @@ fn start_directory(bin: &Path, data: &Path) -> anyhow::Result<Dir> {
 
 /// Logs one device in and spawns its session task. Returns the command channel.
 async fn login(
-    http: &reqwest::Client,
-    base: &str,
+    target: Arc<Target>,
     source: IpAddr,
-    device: &SigningKey,
+    devices: Arc<Vec<SigningKey>>,
     i: usize,
     shared: Arc<Shared>,
 ) -> anyhow::Result<mpsc::Sender<Cmd>> {
-    let dev = DeviceId::from_signing_key(device);
-    let c: Challenge = http
-        .post(format!("{base}/v1/session/challenge"))
-        .json(&json!({ "device_id": dev }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let mut ch = [0u8; 32];
-    hex::decode_to_slice(&c.challenge, &mut ch)?;
-    let sig = sign(device, &session_transcript(&ch, &dev));
-    let addr: SocketAddr = base
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()?;
-    let url = format!(
-        "ws://{addr}/v1/session?device_id={dev}&challenge={}&signature={sig}",
-        c.challenge
-    );
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source, 0))?;
-    let tcp = sock.connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
-    // Welcome first.
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => {}
-        other => bail!("expected welcome, got {other:?}"),
-    }
+    let (mut ws, _) = login::login(&target, source, &devices[i], i).await?;
     // Publish once, as an agent does on login.
     ws.send(Message::Text(
         publish_text(PresenceState::Online, None).into(),
     ))
     .await?;
     let (tx, rx) = mpsc::channel::<Cmd>(4);
-    tokio::spawn(session_task(ws, rx, shared, i));
+    let again = Again {
+        target,
+        source,
+        devices,
+    };
+    tokio::spawn(session_task(ws, rx, shared, i, again));
     Ok(tx)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// What a session task needs to log in again.
+struct Again {
+    target: Arc<Target>,
+    source: IpAddr,
+    devices: Arc<Vec<SigningKey>>,
+}
 
-async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, i: usize) {
+impl Again {
+    async fn login(&self, i: usize) -> anyhow::Result<(Ws, bool)> {
+        let (mut ws, resumed) =
+            login::login(&self.target, self.source, &self.devices[i], i).await?;
+        ws.send(Message::Text(
+            publish_text(PresenceState::Online, None).into(),
+        ))
+        .await?;
+        Ok((ws, resumed))
+    }
+
+    /// Reconnects as an agent does after its session ended: full jitter below a cap that
+    /// doubles from 250 ms to 2 s; gives up after two minutes.
+    async fn reconnect(&self, i: usize) -> Option<Ws> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut cap_ms = 250u64;
+        while Instant::now() < deadline {
+            let wait = rand_below(cap_ms, i);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if let Ok(Ok((ws, _))) =
+                tokio::time::timeout(Duration::from_secs(10), self.login(i)).await
+            {
+                return Some(ws);
+            }
+            cap_ms = (cap_ms * 2).min(2000);
+        }
+        None
+    }
+}
+
+/// A number in `0..=cap`, different per session and per call (no rand dependency).
+fn rand_below(cap: u64, i: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(i);
+    h.finish() % (cap + 1)
+}
+
+async fn session_task(
+    mut ws: Ws,
+    mut rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    i: usize,
+    again: Again,
+) {
     // Answers not waited for: the login publish, then churn publishes.
     let mut unanswered = 1usize;
     'session: loop {
@@ -431,9 +486,48 @@ async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Share
             msg = ws.next() => match on_frame(msg, &shared) {
                 Frame::Answer(_) => unanswered = unanswered.saturating_sub(1),
                 Frame::Other => {}
-                Frame::Closed => break,
+                Frame::Closed => {
+                    if !shared.reconnect.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match again.reconnect(i).await {
+                        Some(new) => {
+                            ws = new;
+                            unanswered = 1;
+                            shared.back.lock().expect("back").push(Instant::now());
+                        }
+                        None => break,
+                    }
+                }
             },
             cmd = rx.recv() => match cmd {
+                Some(Cmd::Close(done)) => {
+                    let _ = ws.close(None).await;
+                    // Until the directory's close frame (or the end of the connection).
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    let _ = done.send(());
+                    // Parked until logged in again.
+                    match rx.recv().await {
+                        Some(Cmd::Login(done)) => match again.login(i).await {
+                            Ok((new, resumed)) => {
+                                ws = new;
+                                unanswered = 1;
+                                let _ = done.send(Ok(resumed));
+                            }
+                            Err(e) => {
+                                let _ = done.send(Err(e));
+                                break;
+                            }
+                        },
+                        _ => break,
+                    }
+                }
+                Some(Cmd::Login(done)) => {
+                    let _ = done.send(Err(anyhow::anyhow!("already logged in")));
+                }
                 Some(Cmd::Send(text)) => {
                     if ws.send(Message::Text(text.into())).await.is_err() {
                         break;
@@ -667,7 +761,7 @@ async fn main() -> anyhow::Result<()> {
         seed_time.as_secs_f64()
     );
 
-    let dir = start_directory(&bin, data.path())?;
+    let dir = start_directory(&bin, data.path(), "127.0.0.1:0", None)?;
     // The provisioned bindings go into the transparency log first (one epoch, in the
     // background): wait for it, so that its work is not counted as the sessions'.
     let t = Instant::now();
@@ -694,20 +788,35 @@ async fn main() -> anyhow::Result<()> {
     // Start afresh, so that the memory the publishing used and freed (which sessions would
     // then reuse) does not make them look smaller than they are.
     drop(dir);
-    let dir = start_directory(&bin, data.path())?;
+    // With TLS: a private CA, its certificate for 127.0.0.1, and one client configuration per
+    // device (each keeps its own tickets, as an agent does).
+    let tls_files = if args.tls {
+        let (ca, cert, key) = private_ca(data.path())?;
+        Some((ca, (cert, key)))
+    } else {
+        None
+    };
+    let dir = start_directory(
+        &bin,
+        data.path(),
+        "127.0.0.1:0",
+        tls_files.as_ref().map(|(_, ck)| ck),
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss0, _) = proc_stats(dir.child.id())?;
+    let target = Arc::new(Target {
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), dir.port),
+        mode: args.login,
+        tls: match &tls_files {
+            Some((ca, _)) => Some(Arc::new(login::device_tls(
+                &std::fs::read_to_string(ca)?,
+                n,
+            )?)),
+            None => None,
+        },
+    });
 
     // Log everyone in.
-    let clients: Vec<reqwest::Client> = (1..=sources)
-        .map(|k| {
-            reqwest::Client::builder()
-                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
-                .pool_max_idle_per_host(args.connect_window)
-                .no_proxy()
-                .build()
-        })
-        .collect::<Result<_, _>>()?;
     let gate = Arc::new(Semaphore::new(args.connect_window));
     let devices = Arc::new(devices);
     let t = Instant::now();
@@ -716,8 +825,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let permit = gate.clone().acquire_owned().await?;
         let k = i % sources as usize;
-        let http = clients[k].clone();
-        let base = dir.url.clone();
+        let target = target.clone();
         let devices = devices.clone();
         let shared = shared.clone();
         set.spawn(async move {
@@ -725,7 +833,7 @@ async fn main() -> anyhow::Result<()> {
             let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8 + 1));
             let r = tokio::time::timeout(
                 Duration::from_secs(60),
-                login(&http, &base, src, &devices[i], i, shared),
+                login(target, src, devices, i, shared),
             )
             .await;
             (i, r)
@@ -840,6 +948,7 @@ async fn main() -> anyhow::Result<()> {
     let lookup_cpu_us = (c1 - c0) * 1e6 / lk_ok.max(1) as f64;
 
     // Presence changes: each one fanned out to the online contacts.
+    let pushes0 = shared.pushes.load(Ordering::Relaxed);
     let (_, c0) = proc_stats(dir.child.id())?;
     let (ch_ok, ch_bad, ch_t) = closed_loop(
         &live_tx,
@@ -858,6 +967,9 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let (_, c1) = proc_stats(dir.child.id())?;
     let change_rate = ch_ok as f64 / ch_t.as_secs_f64();
+    // Every change reached the watching contacts (their sessions read and count the pushes).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let change_pushes = shared.pushes.load(Ordering::Relaxed) - pushes0;
     let change_cpu_us = (c1 - c0) * 1e6 / ch_ok.max(1) as f64;
 
     // Session refreshes: an authenticated publish of the state the device already has (what
@@ -874,6 +986,88 @@ async fn main() -> anyhow::Result<()> {
     let publish_rate = pb_ok as f64 / pb_t.as_secs_f64();
     let publish_cpu_us = (c1 - c0) * 1e6 / pb_ok.max(1) as f64;
     let (rss_end, _) = proc_stats(dir.child.id())?;
+
+    // Reconnects: close some sessions, then log them in again (`window` at a time); with TLS
+    // each resumes its TLS session.
+    let r_n = args.relogin_n.min(live_tx.len());
+    let mut closing = Vec::with_capacity(r_n);
+    for tx in live_tx.iter().take(r_n) {
+        let (done, rx) = oneshot::channel();
+        if tx.send(Cmd::Close(done)).await.is_ok() {
+            closing.push(rx);
+        }
+    }
+    for rx in closing {
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let t = Instant::now();
+    let (mut re_ok, mut re_resumed, mut re_bad) = (0u64, 0u64, 0u64);
+    for chunk in live_tx[..r_n].chunks(args.connect_window.max(1)) {
+        let mut waits = Vec::with_capacity(chunk.len());
+        for tx in chunk {
+            let (done, rx) = oneshot::channel();
+            if tx.send(Cmd::Login(done)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                Ok(Ok(Ok(resumed))) => {
+                    re_ok += 1;
+                    re_resumed += u64::from(resumed);
+                }
+                _ => re_bad += 1,
+            }
+        }
+    }
+    let re_t = t.elapsed();
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let relogin_rate = re_ok as f64 / re_t.as_secs_f64();
+    let relogin_cpu_us = (c1 - c0) * 1e6 / re_ok.max(1) as f64;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A directory restart: every device reconnects as an agent does.
+    let mut dir = dir;
+    let restart = if args.restart {
+        let open_before = live_tx.len() - shared.closed.load(Ordering::Relaxed);
+        shared.reconnect.store(true, Ordering::Relaxed);
+        let port = dir.port;
+        let t_stop = Instant::now();
+        drop(dir);
+        let stopped = t_stop.elapsed();
+        dir = start_directory(
+            &bin,
+            data.path(),
+            &format!("127.0.0.1:{port}"),
+            tls_files.as_ref().map(|(_, ck)| ck),
+        )?;
+        let t_up = Instant::now();
+        let deadline = t_up + Duration::from_secs(150);
+        while shared.back.lock().expect("back").len() < open_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let back = std::mem::take(&mut *shared.back.lock().expect("back"));
+        let mut secs: Vec<f64> = back
+            .iter()
+            .map(|b| b.saturating_duration_since(t_up).as_secs_f64())
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            secs.get(((secs.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        shared.reconnect.store(false, Ordering::Relaxed);
+        json!({
+            "sessions": open_before, "back": back.len(),
+            "stop_s": stopped.as_secs_f64(),
+            "half_back_s": q(0.5), "p99_back_s": q(0.99), "all_back_s": q(1.0),
+        })
+    } else {
+        serde_json::Value::Null
+    };
 
     let still_open = live_tx.len() - shared.closed.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
@@ -909,11 +1103,23 @@ async fn main() -> anyhow::Result<()> {
         "publish_failures": pb_bad,
         "publish_dir_cpu_us": publish_cpu_us,
         "error_frames": errors,
+        "login": match args.login { LoginMode::One => "one connection", LoginMode::Two => "two connections" },
+        "tls": args.tls,
+        "relogins": r_n,
+        "relogin_per_s": relogin_rate,
+        "relogin_dir_cpu_us": relogin_cpu_us,
+        "relogin_resumed": re_resumed,
+        "relogin_failures": re_bad,
+        "presence_change_pushes_received": change_pushes,
+        "restart": restart,
     });
     if args.json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if ch_ok > 0 && change_pushes == 0 {
+        bail!("{ch_ok} presence changes reached no watching contact");
     }
     if failures > 0 || still_open < logged_in {
         bail!(
@@ -922,4 +1128,22 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (CA, certificate, key) paths.
+fn private_ca(dir: &Path) -> anyhow::Result<(String, String, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&leaf_key, &ca)?;
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
+    std::fs::write(&paths[0], ca.as_ref().pem())?;
+    std::fs::write(&paths[1], leaf.pem())?;
+    std::fs::write(&paths[2], leaf_key.serialize_pem())?;
+    let [a, b, c] = paths.map(|p| p.display().to_string());
+    Ok((a, b, c))
 }
