@@ -98,6 +98,11 @@ struct Args {
     /// At the end, restart the directory and time until every device is back.
     #[arg(long)]
     restart: bool,
+    /// Run the measured directory under `valgrind --tool=callgrind`, counting instructions
+    /// only during the login phase (`callgrind_control`): instructions per login, robust to
+    /// a busy machine. Use a few hundred sessions: everything runs ~50× slower.
+    #[arg(long)]
+    callgrind: bool,
     /// The directory binary (default: next to this one).
     #[arg(long)]
     directory_bin: Option<PathBuf>,
@@ -354,6 +359,7 @@ fn start_directory(
     data: &Path,
     listen: &str,
     tls: Option<&(String, String)>,
+    callgrind: bool,
 ) -> anyhow::Result<Dir> {
     let config = data.join("loadgen.toml");
     // Every simulated device comes from a handful of loopback addresses: the per-IP limits
@@ -363,7 +369,19 @@ fn start_directory(
         "[limits]\nrequests_per_ip = { burst = 1000000, every = \"1us\" }\n\
          session_requests = { burst = 1000000, every = \"1us\" }\n",
     )?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = if callgrind {
+        let mut c = Command::new("valgrind");
+        c.arg("--tool=callgrind")
+            .arg("--instr-atstart=no")
+            .arg(format!(
+                "--callgrind-out-file={}",
+                data.join("callgrind.out").display()
+            ))
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
     if let Some((cert, key)) = tls {
         cmd.args(["--tls-cert", cert, "--tls-key", key]);
     }
@@ -393,7 +411,7 @@ fn start_directory(
         }
     });
     let url = rx
-        .recv_timeout(Duration::from_secs(30))
+        .recv_timeout(Duration::from_secs(if callgrind { 300 } else { 30 }))
         .context("the directory did not print its address")?;
     let port = url
         .rsplit(':')
@@ -761,7 +779,7 @@ async fn main() -> anyhow::Result<()> {
         seed_time.as_secs_f64()
     );
 
-    let dir = start_directory(&bin, data.path(), "127.0.0.1:0", None)?;
+    let dir = start_directory(&bin, data.path(), "127.0.0.1:0", None, false)?;
     // The provisioned bindings go into the transparency log first (one epoch, in the
     // background): wait for it, so that its work is not counted as the sessions'.
     let t = Instant::now();
@@ -801,6 +819,7 @@ async fn main() -> anyhow::Result<()> {
         data.path(),
         "127.0.0.1:0",
         tls_files.as_ref().map(|(_, ck)| ck),
+        args.callgrind,
     )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss0, _) = proc_stats(dir.child.id())?;
@@ -816,6 +835,9 @@ async fn main() -> anyhow::Result<()> {
         },
     });
 
+    if args.callgrind {
+        callgrind_control(dir.child.id(), "--instr=on")?;
+    }
     // Log everyone in.
     let gate = Arc::new(Semaphore::new(args.connect_window));
     let devices = Arc::new(devices);
@@ -857,6 +879,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let login_time = t.elapsed();
     let (_, cpu1) = proc_stats(dir.child.id())?;
+    let login_instructions = if args.callgrind {
+        callgrind_control(dir.child.id(), "--instr=off")?;
+        callgrind_control(dir.child.id(), "--dump")?;
+        Some(callgrind_total(data.path())? as f64 / (n - failures).max(1) as f64)
+    } else {
+        None
+    };
     let logged_in = n - failures;
     let login_rate = logged_in as f64 / login_time.as_secs_f64();
     let login_cpu_us = (cpu1 - cpu0) * 1e6 / logged_in.max(1) as f64;
@@ -1042,6 +1071,7 @@ async fn main() -> anyhow::Result<()> {
             data.path(),
             &format!("127.0.0.1:{port}"),
             tls_files.as_ref().map(|(_, ck)| ck),
+            false,
         )?;
         let t_up = Instant::now();
         let deadline = t_up + Duration::from_secs(150);
@@ -1082,6 +1112,7 @@ async fn main() -> anyhow::Result<()> {
         "contacts_per_person": args.contacts,
         "login_per_s": login_rate,
         "login_dir_cpu_us": login_cpu_us,
+        "login_dir_instructions": login_instructions,
         "rss_before_mib": rss0 as f64 / 1048576.0,
         "rss_after_login_mib": rss1 as f64 / 1048576.0,
         "rss_end_mib": rss_end as f64 / 1048576.0,
@@ -1146,4 +1177,45 @@ fn private_ca(dir: &Path) -> anyhow::Result<(String, String, String)> {
     std::fs::write(&paths[2], leaf_key.serialize_pem())?;
     let [a, b, c] = paths.map(|p| p.display().to_string());
     Ok((a, b, c))
+}
+
+/// Runs `callgrind_control ARG PID`.
+fn callgrind_control(pid: u32, arg: &str) -> anyhow::Result<()> {
+    let out = Command::new("callgrind_control")
+        .arg(arg)
+        .arg(pid.to_string())
+        .output()
+        .context("callgrind_control (valgrind) is not installed")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {arg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The instructions counted in the dumps callgrind wrote into `dir` (`summary:`/`totals:`).
+fn callgrind_total(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_name().to_string_lossy().starts_with("callgrind.out") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())?;
+        let part = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        total = total.max(part);
+    }
+    if total == 0 {
+        bail!("callgrind wrote no counts");
+    }
+    Ok(total)
 }
