@@ -1070,8 +1070,8 @@ async fn list_contacts(home: &Home, json: bool) -> Result {
 
 /// How long ago Unix time `t` was, roughly: `12 s`, `7 min`, `3 h`, `2 d`.
 fn ago(t: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let s = now.saturating_sub(t);
     match s {
