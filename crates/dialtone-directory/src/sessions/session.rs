@@ -51,7 +51,7 @@ fn bad(code: ErrorCode, status: StatusCode, msg: &str) -> ApiError {
 /// `GET /v1/session`: checks the signed challenge, then upgrades.
 pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
-    Extension(_addr): Extension<ClientAddr>,
+    Extension(addr): Extension<ClientAddr>,
     params: Result<Query<SessionParams>, axum::extract::rejection::QueryRejection>,
     ws: Result<ws::Upgrade, ws::NotUpgrade>,
 ) -> Result<Response, ApiError> {
@@ -64,6 +64,12 @@ pub(crate) async fn upgrade(
     };
     // No query: the one-connection login (see `super::login`), after the upgrade.
     if p.device_id.is_none() && p.challenge.is_none() && p.signature.is_none() {
+        // Limited per address as the HTTP challenge is: each login costs a signature check.
+        crate::http::check(
+            &st.limits.requests_ip,
+            crate::http::ip_of(&addr),
+            "logins from your address",
+        )?;
         let ws = ws.map_err(|_| {
             bad(
                 ErrorCode::BadRequest,
