@@ -1204,13 +1204,15 @@ fn callgrind_total(dir: &Path) -> anyhow::Result<u64> {
             continue;
         }
         let text = std::fs::read_to_string(e.path())?;
+        // `summary:` may be 0 in a dump whose costs are all in `totals:`: the larger.
         let part = text
             .lines()
-            .find_map(|l| {
+            .filter_map(|l| {
                 l.strip_prefix("summary:")
                     .or_else(|| l.strip_prefix("totals:"))
             })
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
             .unwrap_or(0);
         total = total.max(part);
     }
