@@ -8,11 +8,17 @@ For each of --runs repetitions it runs, one after another on the same machine:
                                                HTTPS, burst throughput, raw iroh echo baseline)
   * bench/anchors/prosody/run-xmpp-bench.sh tls and plain  (Prosody + slixmpp)
   * bench/anchors/kamailio/run-sip-bench.sh auth           (Kamailio + sipp, digest auth)
-  * target/<profile>/dialtone-loadgen --json    (directory: publishes/s, lookups/s, CPU/op)
+  * target/<profile>/dialtone-loadgen --json    (directory: full logins/s on one connection,
+    then, on the same sessions, real presence changes fanned out to watching contacts, lookups,
+    reconnects, and a directory restart timed until every session is back), again with the
+    older two-connection login (before/after in the same run), and again over TLS (full
+    handshakes, then resumed ones)
   * an idle agent: a real `dialtone up` process with nothing to do, measured from outside
     (TCP bytes through `ss`, CPU through /proc)
 
-then the load-generator ladder (--load-sizes, once each), and prints a table of medians over
+then, once, the directory's instructions per login under callgrind (one connection vs two, a
+few hundred sessions: robust to a busy machine), the load-generator ladder (--load-sizes, once
+each), and prints a table of medians over
 the runs with ratios and goals. Results: <out>/results.json and <out>/results.md.
 
 --smoke runs everything once with tiny counts (used by the test suite so nothing here rots) and
@@ -243,6 +249,10 @@ def fmt(v, unit):
         return f"{v:.1f} B/s"
     if unit == "%":
         return f"{v:.2f} %"
+    if unit == "s":
+        return f"{v:.1f} s"
+    if unit == "n":
+        return f"{v:,.0f}"
     return f"{v:.2f}"
 
 
@@ -263,6 +273,8 @@ def main():
     if a.smoke:
         a.runs, a.sip_secs, a.compare_sessions, a.idle_secs = 1, 2, 200, 2
         a.load_sizes = "300"
+    # Under callgrind everything runs ~50x slower: a few hundred logins are enough.
+    cg_sessions = 60 if a.smoke else 300
     os.makedirs(a.out, exist_ok=True)
     # The prosody user must reach the run folder: a fresh world-traversable one under /tmp.
     run_dir = tempfile.mkdtemp(prefix="dialtone-anchors-")
@@ -277,9 +289,23 @@ def main():
         r["prosody_tls"] = xmpp("tls", run_dir, a.py, a.smoke)
         r["prosody_plain"] = xmpp("plain", run_dir, a.py, a.smoke)
         r["kamailio_auth"] = sip(run_dir, a.py, a.sip_secs)
-        r["directory"] = loadgen(a.bins, a.compare_sessions, a.smoke)
+        r["directory"] = loadgen(a.bins, a.compare_sessions, a.smoke, ["--restart"])
+        r["directory_two"] = loadgen(a.bins, a.compare_sessions, a.smoke,
+                                     ["--login", "two", "--relogin-n", "0"])
+        r["directory_tls"] = loadgen(a.bins, a.compare_sessions, a.smoke, ["--tls"])
         r["idle_agent"] = idle_agent(a.bins, a.idle_secs)
         runs.append(r)
+    # Instructions per login, one connection against two, in the same run (callgrind counts
+    # instructions, not time: a busy machine does not change them).
+    cg = {}
+    for mode in ("one", "two"):
+        log(f"callgrind: directory instructions per login ({mode} connection(s))")
+        try:
+            cg[mode] = loadgen(a.bins, cg_sessions, True, ["--callgrind", "--login", mode, "--relogin-n", "0"])
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            log(f"callgrind run failed: {e}")
+    for r in runs:
+        r["callgrind"] = cg
     ladder = []
     # Every session is a socket in the directory and one in the load generator: the hard
     # open-file limit caps the ladder. Sizes above it are replaced by one run at the largest
@@ -306,7 +332,7 @@ def main():
     for n in plan:
         log(f"load generator: {n} sessions")
         try:
-            r = loadgen(a.bins, n, a.smoke)
+            r = loadgen(a.bins, n, a.smoke, ["--restart"])
             if capped and n == cap:
                 r["stands_in_for"] = capped
                 r["limited_by"] = (f"the open-file limit of this machine ({hard} per process, and no "
@@ -343,14 +369,29 @@ def main():
          ["dialtone", "burst", "msgs_per_s"], ["prosody_tls", "push_msgs_per_s"], "/s", ("ge", 5.0)),
         ("CPU per message: both Dialtone agents vs Prosody server (TLS)",
          ["dialtone", "burst", "cpu_us_per_msg_both_agents"], ["prosody_tls", "server_cpu_us_per_msg"], "us", None),
-        ("authenticated presence updates/s vs Kamailio REGISTER/s (digest)",
-         ["directory", "publishes_per_s"], ["kamailio_auth", "registers_per_s"], "/s", ("ge", 3.0)),
-        ("directory CPU per presence update vs Kamailio CPU per REGISTER",
-         ["directory", "publish_dir_cpu_us"], ["kamailio_auth", "server_cpu_us_per_register"], "us", None),
-        ("full login/s (challenge + Ed25519 + WebSocket) vs Kamailio REGISTER/s",
-         ["directory", "login_per_s"], ["kamailio_auth", "registers_per_s"], "/s", None),
+        ("authenticated presence changes/s, each fanned out to the watching contacts, vs Kamailio REGISTER/s (digest)",
+         ["directory", "presence_changes_per_s"], ["kamailio_auth", "registers_per_s"], "/s", ("ge", 1.0)),
+        ("directory CPU per presence change vs Kamailio CPU per REGISTER",
+         ["directory", "presence_change_dir_cpu_us"], ["kamailio_auth", "server_cpu_us_per_register"], "us", None),
+        ("presence refreshes/s (unchanged: nothing to fan out) vs Kamailio REGISTER/s",
+         ["directory", "publishes_per_s"], ["kamailio_auth", "registers_per_s"], "/s", None),
+        ("full login/s, one connection (upgrade, challenge, Ed25519, welcome) vs Kamailio REGISTER/s",
+         ["directory", "login_per_s"], ["kamailio_auth", "registers_per_s"], "/s", ("ge", 1.0)),
         ("directory CPU per full login vs Kamailio CPU per REGISTER",
          ["directory", "login_dir_cpu_us"], ["kamailio_auth", "server_cpu_us_per_register"], "us", None),
+        ("full login/s: one connection vs two (HTTP challenge + upgrade, the login before)",
+         ["directory", "login_per_s"], ["directory_two", "login_per_s"], "/s", ("ge", 1.0)),
+        ("directory instructions per login (callgrind): one connection vs two",
+         ["callgrind", "one", "login_dir_instructions"], ["callgrind", "two", "login_dir_instructions"], "n",
+         ("le", 1.0)),
+        ("full login/s over TLS (full handshake) vs Kamailio REGISTER/s (UDP, no TLS)",
+         ["directory_tls", "login_per_s"], ["kamailio_auth", "registers_per_s"], "/s", None),
+        ("reconnect login/s over TLS (resumed session) vs Kamailio REGISTER/s",
+         ["directory_tls", "relogin_per_s"], ["kamailio_auth", "registers_per_s"], "/s", None),
+        ("directory CPU per reconnect over TLS (resumed; includes the close) vs per full TLS login",
+         ["directory_tls", "relogin_dir_cpu_us"], ["directory_tls", "login_dir_cpu_us"], "us", None),
+        ("directory restart: seconds until every session is back (goal < 60 s)",
+         ["directory", "restart", "all_back_s"], None, "s", ("abs_le", 60)),
         ("lookups/s on the directory (closed loop, 200 in flight)", ["directory", "lookups_per_s"], None, "/s", None),
         ("directory CPU per lookup", ["directory", "lookup_dir_cpu_us"], None, "us", None),
         ("idle agent: bytes on the wire per second (goal <= 100)", ["idle_agent", "wire_bytes_per_s"], None, "B/s",
@@ -388,20 +429,22 @@ def main():
                   f"{fmt(t['anchor'], t['unit']) if t['anchor'] is not None else ''} | {ratio} | {gs} | {met} |")
     md.append("")
     md.append("| load generator: sessions | held | logins/s | directory bytes/session | idle CPU µs/session/s "
-              "| idle TCP payload B/session/s | fan-out p50 | fan-out p99 | lookups/s | publishes/s |")
-    md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| idle TCP payload B/session/s | fan-out p50 | fan-out p99 | lookups/s | presence changes/s "
+              "| restart: all back |")
+    md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for l in ladder:
         if "failed" in l:
-            md.append(f"| {l['sessions_target']} | failed: {l['failed']} | | | | | | | | |")
+            md.append(f"| {l['sessions_target']} | failed: {l['failed']} | | | | | | | | | |")
             continue
         if l.get("stands_in_for"):
             md.append(f"| {', '.join(map(str, l['stands_in_for']))}: not reachable here, {l['limited_by']}; "
-                      f"the largest size instead: | | | | | | | | | |")
+                      f"the largest size instead: | | | | | | | | | | |")
         f = l["fanout_latency_us"]
         md.append(f"| {l['sessions_target']} | {l['sessions_held']} | {l['login_per_s']:,.0f} | "
                   f"{l['bytes_per_session']:,.0f} | {l['idle_dir_cpu_us_per_session_per_s']:.2f} | "
                   f"{l['idle_tcp_payload_bytes_per_session_per_s']:.1f} | {fmt(f['median'], 'us')} | "
-                  f"{fmt(f['p99'], 'us')} | {l['lookups_per_s']:,.0f} | {l['publishes_per_s']:,.0f} |")
+                  f"{fmt(f['p99'], 'us')} | {l['lookups_per_s']:,.0f} | {l['presence_changes_per_s']:,.0f} | "
+                  f"{fmt((l.get('restart') or {}).get('all_back_s'), 's')} |")
     text = "\n".join(md)
     print(text)
     json.dump({"runs": runs, "table": table, "ladder": ladder, "smoke": a.smoke,

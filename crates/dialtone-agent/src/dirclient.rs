@@ -7,13 +7,16 @@ use dialtone_proto::{
     DeviceId,
     directory::{
         Challenge, ChallengeRequest, DirectoryInfo, ErrorBody, ErrorCode, RegisterConfirm,
-        RegisterStart, RegisterStarted, Registered,
+        RegisterStart, RegisterStarted, Registered, ServerFrame, SessionLogin,
     },
     keys::{Signature, session_transcript, sign},
 };
 use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage,
+};
 
 /// A directory the agent talks to.
 #[derive(Debug, Clone)]
@@ -92,6 +95,10 @@ impl DirectoryClient {
             .map_err(|e| DirectoryError::BadUrl(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // The store of session tickets lives as long as this client (the agent), so every
+        // reconnect resumes; one directory needs only a few entries.
+        let mut tls = tls;
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(8);
         let tls = Arc::new(tls);
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
@@ -240,11 +247,73 @@ impl DirectoryClient {
         self.post("/v1/register/confirm", req).await
     }
 
-    /// Opens an authenticated session: challenge, signature, WebSocket upgrade.
-    pub async fn open_session(
+    /// Opens an authenticated session on one connection: the WebSocket upgrade, the
+    /// directory's challenge as its first frame, this device's signature as the answer, then
+    /// the directory's Welcome (returned; the session starts after it). A directory that does
+    /// not offer this (an older one answers the bare upgrade with 400) gets the two-connection
+    /// login: `POST /v1/session/challenge`, then the upgrade with the signed challenge.
+    ///
+    /// TLS sessions resume: the client configuration keeps the directory's session tickets
+    /// for as long as this client lives, across reconnects, so a reconnect after a cut costs
+    /// no certificate check and no signature on either side.
+    pub async fn open_session(&self, device_key: &SigningKey) -> Result<Opened, DirectoryError> {
+        let device_id = DeviceId::from_signing_key(device_key);
+        let url = format!("{}/v1/session", self.ws_base());
+        let mut ws = match self.connect(&url).await {
+            Err(DirectoryError::Refused { status: 400, .. }) => {
+                return self.open_session_two_step(device_key).await;
+            }
+            r => r?,
+        };
+        let resumed = is_resumed(&ws);
+        let unreachable = |reason: String| DirectoryError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        };
+        let challenge = match next_frame(&mut ws).await? {
+            ServerFrame::Challenge { challenge, .. } => challenge,
+            ServerFrame::Error { error, .. } => {
+                return Err(DirectoryError::Refused {
+                    status: 401,
+                    body: error,
+                });
+            }
+            _ => return Err(unreachable("the directory did not send a challenge".into())),
+        };
+        let mut ch = [0u8; 32];
+        hex::decode_to_slice(&challenge, &mut ch)
+            .map_err(|_| unreachable("malformed challenge".into()))?;
+        let login = SessionLogin {
+            device_id,
+            signature: sign(device_key, &session_transcript(&ch, &device_id)),
+        };
+        let text = serde_json::to_string(&login).unwrap_or_default();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.send(WsMessage::Text(text.into())))
+            .await
+            .map_err(|_| unreachable("the directory did not take the login".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        match next_frame(&mut ws).await? {
+            welcome @ ServerFrame::Welcome { .. } => Ok(Opened {
+                ws,
+                welcome: Some(welcome),
+                resumed,
+            }),
+            ServerFrame::Error { error, .. } => Err(DirectoryError::Refused {
+                status: 401,
+                body: error,
+            }),
+            _ => Err(unreachable(
+                "the directory did not welcome the session".into(),
+            )),
+        }
+    }
+
+    /// The two-connection login (for a directory without the one-connection one): challenge
+    /// over HTTP, signature in the upgrade's query.
+    async fn open_session_two_step(
         &self,
         device_key: &SigningKey,
-    ) -> Result<SessionStream, DirectoryError> {
+    ) -> Result<Opened, DirectoryError> {
         let device_id = DeviceId::from_signing_key(device_key);
         let ch: Challenge = self
             .post("/v1/session/challenge", &ChallengeRequest { device_id })
@@ -257,38 +326,85 @@ impl DirectoryClient {
             }
         })?;
         let sig: Signature = sign(device_key, &session_transcript(&challenge, &device_id));
-        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+        let url = format!(
+            "{}/v1/session?device_id={device_id}&challenge={}&signature={sig}",
+            self.ws_base(),
+            ch.challenge
+        );
+        let ws = self.connect(&url).await?;
+        let resumed = is_resumed(&ws);
+        Ok(Opened {
+            ws,
+            welcome: None,
+            resumed,
+        })
+    }
+
+    fn ws_base(&self) -> String {
+        if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else {
             format!("ws://{}", self.base.trim_start_matches("http://"))
+        }
+    }
+
+    /// TCP (each address in turn, [`CONNECT_TIMEOUT`] each, so a reconnect after a cut does
+    /// not wait out the kernel's SYN backoff), TLS, and the WebSocket upgrade.
+    async fn connect(&self, url: &str) -> Result<SessionStream, DirectoryError> {
+        let unreachable = |reason: String| DirectoryError::Unreachable {
+            url: self.base.clone(),
+            reason,
         };
-        let url = format!(
-            "{ws_base}/v1/session?device_id={device_id}&challenge={}&signature={sig}",
-            ch.challenge
-        );
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let default_port = if url.starts_with("wss://") { 443 } else { 80 };
+        let has_port = match authority.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => authority.contains(':'),
+        };
+        let host_port = if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(host_port.as_str()))
+                .await
+                .map_err(|_| unreachable("name lookup timed out".into()))?
+                .map_err(|e| unreachable(format!("name lookup: {e}")))?
+                .collect();
+        let mut last = String::from("no address");
+        let mut tcp = None;
+        for a in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("{a}: {e}"),
+                Err(_) => last = format!("{a}: connect timed out"),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| unreachable(last))?;
+        let _ = tcp.set_nodelay(true);
+        close_dead_links(&tcp);
         let connector = Connector::Rustls(self.tls.clone());
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
         let res = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_tls_with_config(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::client_async_tls_with_config(
                 url,
+                tcp,
                 Some(config),
-                true,
                 Some(connector),
             ),
         )
         .await
-        .map_err(|_| DirectoryError::Unreachable {
-            url: self.base.clone(),
-            reason: "session upgrade timed out".into(),
-        })?;
+        .map_err(|_| unreachable("session upgrade timed out".into()))?;
         match res {
-            Ok((ws, _)) => {
-                close_dead_links(&ws);
-                Ok(ws)
-            }
+            Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp
@@ -303,10 +419,56 @@ impl DirectoryClient {
                     });
                 Err(DirectoryError::Refused { status, body })
             }
-            Err(e) => Err(DirectoryError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(unreachable(e.to_string())),
+        }
+    }
+}
+
+/// A session just opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// The WebSocket.
+    pub ws: SessionStream,
+    /// The directory's Welcome, when the login read it already (one-connection login).
+    pub welcome: Option<ServerFrame>,
+    /// Whether TLS resumed an earlier session (no certificate, no handshake signature).
+    pub resumed: bool,
+}
+
+/// How long one TCP connect may take before the next address (or attempt) is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long TLS, the upgrade and each login frame may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_resumed(ws: &SessionStream) -> bool {
+    match ws.get_ref() {
+        MaybeTlsStream::Rustls(s) => {
+            s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        }
+        _ => false,
+    }
+}
+
+/// The next text frame of a login, parsed, within [`HANDSHAKE_TIMEOUT`].
+async fn next_frame(ws: &mut SessionStream) -> Result<ServerFrame, DirectoryError> {
+    let unreachable = |reason: String| DirectoryError::Unreachable {
+        url: String::from("the directory"),
+        reason,
+    };
+    loop {
+        let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| unreachable("the directory did not answer the login".into()))?;
+        match msg {
+            Some(Ok(WsMessage::Text(t))) => {
+                return serde_json::from_str(&t)
+                    .map_err(|e| unreachable(format!("unreadable login frame: {e}")));
+            }
+            Some(Ok(WsMessage::Close(_))) | None => {
+                return Err(unreachable("the directory closed the login".into()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(unreachable(e.to_string())),
         }
     }
 }
@@ -364,12 +526,7 @@ const DEAD_LINK: Duration = Duration::from_secs(8);
 
 /// TCP keepalive probes after half of [`DEAD_LINK`] of silence, two more a quarter apart, and
 /// a user timeout for unacknowledged data; the kernel does the work.
-fn close_dead_links(ws: &SessionStream) {
-    let tcp = match ws.get_ref() {
-        MaybeTlsStream::Plain(s) => s,
-        MaybeTlsStream::Rustls(s) => s.get_ref().0,
-        _ => return,
-    };
+fn close_dead_links(tcp: &tokio::net::TcpStream) {
     let sock = socket2::SockRef::from(tcp);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(DEAD_LINK / 2)

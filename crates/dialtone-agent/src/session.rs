@@ -3,10 +3,22 @@
 //!
 //! One task owns the socket. Front ends reach it through [`SessionHandle::request`], which
 //! fails at once while the session is down (nothing waits for the directory to come back).
-//! The task reconnects by itself with exponential backoff (250 ms doubling to 5 s), then
-//! re-publishes presence and re-reads the contact list.
+//! The task reconnects by itself, then re-publishes presence and re-reads the contact list.
+//! The delays between attempts are drawn at random ("full jitter") below a cap that doubles
+//! from 250 ms: up to [`QUICK_CAP`] for [`QUICK_PHASE`] after a loss, so a device whose
+//! link came back (Wi-Fi roaming, a hand-over) is back within about two seconds, while the
+//! directory still holds its presence for it (its grace period); [`SLOW_CAP`] after that, so
+//! that when a directory restarts its agents come back spread out rather than all at once.
+//! A directory restart with N agents therefore sees their logins spread over a few seconds.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use dialtone_proto::directory::{ClientFrame, ErrorBody, Reply, Request, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
@@ -58,16 +70,42 @@ pub enum SessionError {
 
 type Pending = oneshot::Sender<Result<Reply, SessionError>>;
 
+/// The longest wait between attempts for [`QUICK_PHASE`] after the session was lost.
+const QUICK_CAP: Duration = Duration::from_secs(2);
+/// How long after a loss attempts stay quick.
+const QUICK_PHASE: Duration = Duration::from_secs(30);
+/// The longest wait between attempts after that.
+const SLOW_CAP: Duration = Duration::from_secs(10);
+
 /// Cheap handle to the session task.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionHandle {
     tx: mpsc::Sender<(Request, Option<Pending>)>,
+    /// When the session was last known to be up (Unix ms; 0: never).
+    confirmed: Arc<AtomicU64>,
 }
 
 impl SessionHandle {
     pub(crate) fn new() -> (Self, mpsc::Receiver<(Request, Option<Pending>)>) {
         let (tx, rx) = mpsc::channel(256);
-        (Self { tx }, rx)
+        let confirmed = Arc::new(AtomicU64::new(0));
+        (Self { tx, confirmed }, rx)
+    }
+
+    /// When the session was last known to be up: the directory's pushes (contacts'
+    /// presence) are current up to then. `None` if it never came up.
+    pub(crate) fn confirmed_at(&self) -> Option<SystemTime> {
+        match self.confirmed.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    fn confirm(&self) {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.confirmed.store(ms, Ordering::Relaxed);
     }
 
     /// Sends a request and waits (at most 10 s) for the directory's answer.
@@ -96,31 +134,48 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<(Request, Option<Pending>)>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(250);
+    let mut cap = Duration::from_millis(250);
+    let mut lost_at = tokio::time::Instant::now();
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return,
             r = inner.dir.open_session(&inner.device_key) => r,
         };
+        let mut limit = if lost_at.elapsed() < QUICK_PHASE {
+            QUICK_CAP
+        } else {
+            SLOW_CAP
+        };
         match attempt {
-            Ok(ws) => {
-                backoff = Duration::from_millis(250);
-                let clean = serve(&inner, ws, &mut rx, &cancel).await;
+            Ok(opened) => {
+                debug!(resumed = opened.resumed, "directory session opened");
+                let clean = serve(&inner, opened, &mut rx, &cancel).await;
                 inner.set_connected(false);
                 if clean || cancel.is_cancelled() {
                     return;
                 }
+                cap = Duration::from_millis(250);
+                lost_at = tokio::time::Instant::now();
+                limit = QUICK_CAP;
             }
             Err(DirectoryError::Refused { body, .. }) => {
                 warn!(error = ?body.error, "directory refused the session: {}", body.message);
                 if body.error == dialtone_proto::directory::ErrorCode::UnknownDevice {
                     crate::kt::revoked(&inner, false);
                 }
+                // A refusal will not go away by itself within seconds.
+                limit = SLOW_CAP;
             }
             Err(e) => debug!("directory session failed: {e}"),
         }
+        // Full jitter: anywhere below the cap, so that agents that lost the directory at the
+        // same moment (a restart) do not come back at the same moment.
+        let wait = Duration::from_millis(rand::random_range(
+            0..=u64::try_from(cap.min(limit).as_millis()).unwrap_or(1),
+        ));
+        cap = (cap * 2).min(limit);
         // Refuse requests while disconnected rather than letting them wait.
-        let deadline = tokio::time::sleep(backoff);
+        let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
@@ -133,18 +188,17 @@ pub(crate) async fn run(
                 }
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Serves one connected session. Returns true on a clean local shutdown.
 async fn serve(
     inner: &Arc<Inner>,
-    ws: crate::dirclient::SessionStream,
+    opened: crate::dirclient::Opened,
     rx: &mut mpsc::Receiver<(Request, Option<Pending>)>,
     cancel: &CancellationToken,
 ) -> bool {
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, mut stream) = opened.ws.split();
     let mut pending: HashMap<u64, Option<Pending>> = HashMap::new();
     let mut next_id: u64 = 1;
     // Until the directory's Welcome tells us its heartbeat, assume the default.
@@ -159,6 +213,15 @@ async fn serve(
     let ready_id = 2;
     let mut welcomed = false;
     let mut answered = false;
+    if let Some(welcome) = opened.welcome {
+        match welcome_limit(inner, welcome) {
+            Some(limit) => {
+                silence_limit = limit;
+                welcomed = true;
+            }
+            None => return false,
+        }
+    }
     for req in [inner.publish_request(), Request::Contacts] {
         pending.insert(next_id, None);
         if send(&mut sink, next_id, req).await.is_err() {
@@ -200,24 +263,13 @@ async fn serve(
                 let ready = !answered
                     && matches!(&frame, ServerFrame::Reply { id, .. } | ServerFrame::Error { id, .. } if *id == ready_id);
                 match frame {
-                    ServerFrame::Welcome { identifier, identity_key, device_id, heartbeat_secs } => {
-                        // A session opened for anyone but us (a directory that moved our
-                        // device to another account) must not carry our addresses or presence.
-                        if identifier != inner.identifier
-                            || identity_key != inner.identity_key
-                            || device_id != inner.cert.device_id
-                        {
-                            warn!(
-                                "the directory opened this session for {identifier} (key {}), not for this \
-                                 device's identity: closing it; re-register this device",
-                                identity_key.fingerprint()
-                            );
-                            break;
-                        }
-                        silence_limit = Duration::from_secs(heartbeat_secs.clamp(1, 60) * 3 + 1);
+                    welcome @ ServerFrame::Welcome { .. } => {
+                        let Some(limit) = welcome_limit(inner, welcome) else { break };
+                        silence_limit = limit;
                         welcomed = true;
                         if answered {
                             inner.set_connected(true);
+                            inner.session.confirm();
                             info!("directory session up");
                         }
                     }
@@ -243,6 +295,9 @@ async fn serve(
                         info!("directory session up");
                     }
                 }
+                if welcomed && answered {
+                    inner.session.confirm();
+                }
             }
             Some((req, reply)) = rx.recv() => {
                 let id = next_id;
@@ -265,11 +320,44 @@ async fn serve(
                     warn!("directory session silent for {silence_limit:?}; reconnecting");
                     break;
                 }
+                // The kernel ends a dead link within seconds (TCP keepalive): until then,
+                // what the directory told us is current.
+                if welcomed && answered {
+                    inner.session.confirm();
+                }
             }
         }
     }
     fail_all(&mut pending);
     false
+}
+
+/// The silence after which the session is given up, from the directory's Welcome; `None`
+/// (close the session) if it was opened for anyone but this device.
+fn welcome_limit(inner: &Inner, welcome: ServerFrame) -> Option<Duration> {
+    let ServerFrame::Welcome {
+        identifier,
+        identity_key,
+        device_id,
+        heartbeat_secs,
+    } = welcome
+    else {
+        return None;
+    };
+    // A session opened for anyone but us (a directory that moved our device to another
+    // account) must not carry our addresses or presence.
+    if identifier != inner.identifier
+        || identity_key != inner.identity_key
+        || device_id != inner.cert.device_id
+    {
+        warn!(
+            "the directory opened this session for {identifier} (key {}), not for this \
+             device's identity: closing it; re-register this device",
+            identity_key.fingerprint()
+        );
+        return None;
+    }
+    Some(Duration::from_secs(heartbeat_secs.clamp(1, 60) * 3 + 1))
 }
 
 fn fail_all(pending: &mut HashMap<u64, Option<Pending>>) {

@@ -4,6 +4,8 @@ use dialtone_proto::{
     DeviceId, Identifier,
     directory::{MAX_STATUS_MESSAGE_LEN, PresenceState, Relation},
 };
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::Serialize;
 
 use crate::{AgentHandle, SendError, lan};
@@ -28,6 +30,12 @@ pub struct ContactView {
     pub devices: usize,
     /// Whether you verified their current key (safety number).
     pub verified: bool,
+    /// Whether `state` is live: false while the agent cannot reach its directory, when it is
+    /// the last state known, as of `confirmed_at`.
+    pub live: bool,
+    /// When the state was last confirmed by the directory (Unix seconds): now while `live`;
+    /// `None` if this agent never reached the directory since it started.
+    pub confirmed_at: Option<u64>,
 }
 
 /// A safety number, for people to compare.
@@ -202,6 +210,14 @@ impl AgentHandle {
 
     /// Contacts, requests and blocks, with live presence (from the directory's pushes).
     pub fn contacts(&self) -> Vec<ContactView> {
+        let live = *self.inner.connected.borrow();
+        let confirmed_at = if live {
+            Some(SystemTime::now())
+        } else {
+            self.inner.session.confirmed_at()
+        }
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
         let st = self.inner.lock();
         let mut v: Vec<ContactView> = st
             .contacts
@@ -218,6 +234,8 @@ impl AgentHandle {
                     .pins
                     .get(&c.identifier)
                     .is_some_and(|p| p.verified && p.identity_key == c.identity_key),
+                live,
+                confirmed_at,
             })
             .collect();
         v.sort_by(|a, b| a.identifier.cmp(&b.identifier));

@@ -14,7 +14,10 @@
 //! - login → contact sees presence (agent start until the contact's agent gets the push),
 //!   over HTTPS/WSS with a private CA unless `--plain-http`;
 //! - messages per second from one person to another (`--window` sends in flight, each
-//!   acknowledged), and the CPU time of both agents per message;
+//!   acknowledged), and the CPU time of both agents (and bob's front end) per message. Bob's
+//!   front end is a real local-API client: a thread of its own on the agent's Unix socket
+//!   that subscribes to events and reads and parses every event line, as the CLI's `chat` or
+//!   a bot does; the burst counts only if it parsed every message;
 //! - baseline: a raw iroh echo (one stream per message, same frame size) between two bare
 //!   endpoints on the same two runtimes, and the ratio of Dialtone's round trip to it.
 
@@ -68,6 +71,75 @@ fn config(home: &std::path::Path) -> anyhow::Result<AgentConfig> {
     c.portmapper = false;
     c.serve_api = false;
     Ok(c)
+}
+
+/// Bob's front end: a local-API client on the agent's Unix socket, on a thread of its own
+/// (as a separate process would be). It subscribes to events, then reads every line and
+/// parses it as JSON; a message event counts once its body was read as the text sent.
+struct FrontEnd {
+    /// Message events parsed.
+    messages: Arc<AtomicUsize>,
+    /// Lines that were not the JSON expected.
+    bad: Arc<AtomicUsize>,
+}
+
+impl FrontEnd {
+    fn attach(socket: &std::path::Path, body: String) -> anyhow::Result<Self> {
+        use std::io::{BufRead, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(socket)
+            .with_context(|| format!("connect to {}", socket.display()))?;
+        sock.write_all(
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\",\"params\":{}}\n",
+        )?;
+        let mut reader = std::io::BufReader::new(sock.try_clone()?);
+        // The answer to the subscription (events may only follow it).
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let answer: serde_json::Value = serde_json::from_str(&line)?;
+        if answer["result"]["subscribed"] != true {
+            bail!("events.subscribe answered {answer}");
+        }
+        let messages = Arc::new(AtomicUsize::new(0));
+        let bad = Arc::new(AtomicUsize::new(0));
+        let (m, b) = (messages.clone(), bad.clone());
+        std::thread::spawn(move || {
+            let _keep = sock;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) if v["method"] == "event" => {
+                        let p = &v["params"];
+                        if p["event"] == "message" {
+                            if p["body"].as_str() == Some(body.as_str()) {
+                                m.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                b.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        b.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(Self { messages, bad })
+    }
+
+    /// Waits (up to `timeout`) until `n` messages were parsed; the count.
+    async fn wait_for(&self, n: usize, timeout: Duration) -> usize {
+        let t = Instant::now();
+        while self.messages.load(Ordering::Relaxed) < n && t.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.messages.load(Ordering::Relaxed)
+    }
 }
 
 async fn wait_event(
@@ -149,7 +221,10 @@ async fn run() -> anyhow::Result<()> {
     let alice = Agent::start(config(&alice_p.home)?).await?;
     // Bob's agent runs on a runtime of its own, as a second process would.
     let bob_rt = second_runtime()?;
-    let bob_config = config(&bob_p.home)?;
+    // Bob's first agent serves the local API, for its front end.
+    let mut bob_config = config(&bob_p.home)?;
+    bob_config.serve_api = true;
+    let bob_socket = Home::open(&bob_p.home)?.socket_path();
     let mut bob = bob_rt.spawn(Agent::start(bob_config)).await??;
     let (a, b) = (alice.handle(), bob.handle());
     for h in [&a, &b] {
@@ -172,16 +247,15 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
 
-    // Bob's side keeps a front end that reads every event: a message is acknowledged once it
-    // took it.
-    // (Alice's own front end is attached again for the login phase: unread, it would be cut
-    // off by the `message_sent` events of the burst.)
+    // Bob's front end is the local-API client below, which reads and parses every event: a
+    // message is acknowledged once a front end took it. The in-process subscriptions used to
+    // wait for the contact go now (unread, they would be cut off by the burst; alice's is
+    // attached again for the login phase).
     drop((a_events, b_events));
-    let mut bob_front_end = b.subscribe().context("subscribe")?;
-    let _reader = tokio::spawn(async move { while bob_front_end.next().await.is_some() {} });
 
     // Established connection round trips.
     let body = "x".repeat(64);
+    let front_end = FrontEnd::attach(&bob_socket, body.clone())?;
     for _ in 0..50 {
         a.send(bob_id.clone(), body.clone()).await?;
     }
@@ -218,6 +292,16 @@ async fn run() -> anyhow::Result<()> {
     let burst_time = t.elapsed();
     let burst_rate = args.burst_n as f64 / burst_time.as_secs_f64();
     let burst_cpu_us = (cpu_seconds() - cpu0) * 1e6 / args.burst_n.max(1) as f64;
+    // Every message acknowledged was taken by the front end: it must have parsed them all.
+    let expected = 50 + args.rtt_n + args.burst_n;
+    let parsed = front_end.wait_for(expected, Duration::from_secs(10)).await;
+    let bad_lines = front_end.bad.load(Ordering::Relaxed);
+    if parsed < expected || bad_lines > 0 {
+        bail!(
+            "bob's front end parsed {parsed} of {expected} messages ({bad_lines} bad lines): \
+             acknowledged messages were not all shown"
+        );
+    }
 
     // Cold first message.
     let mut cold = Vec::with_capacity(args.cold_n);
@@ -283,7 +367,9 @@ async fn run() -> anyhow::Result<()> {
                 "login_to_presence": s(&login), "raw_iroh_echo": s(&baseline),
                 "rtt_ratio_to_raw_iroh": ratio,
                 "burst": {"n": args.burst_n, "window": args.window, "msgs_per_s": burst_rate,
-                          "cpu_us_per_msg_both_agents": burst_cpu_us},
+                          "cpu_us_per_msg_both_agents": burst_cpu_us,
+                          "front_end": "local API client on the Unix socket, every event parsed",
+                          "front_end_parsed": parsed},
                 "directory_tls": !args.plain_http,
             })
         );
@@ -307,7 +393,8 @@ async fn run() -> anyhow::Result<()> {
         println!("ratio of Dialtone round trip to raw iroh echo (medians): {ratio:.2}x");
         println!(
             "burst: {} messages, {} in flight, each acknowledged: {burst_rate:.0} msg/s, \
-             {burst_cpu_us:.1} µs CPU per message (both agents)",
+             {burst_cpu_us:.1} µs CPU per message (both agents and bob's front end, which \
+             parsed {parsed} message events from the local API)",
             args.burst_n, args.window
         );
         println!(

@@ -215,11 +215,34 @@ pub(crate) fn contacts(list: &Value) {
             (_, true) => "  (verified)",
             _ => "",
         };
+        // While the agent cannot reach its directory the state is the last one known.
+        let stale = if c["live"] == false {
+            match c["confirmed_at"].as_u64() {
+                Some(t) => format!(" (last known, {} ago)", ago(t)),
+                None => " (unknown: the directory was never reached)".into(),
+            }
+        } else {
+            String::new()
+        };
         println!(
-            "{:<32} {:<9}{msg}{relation}{key}",
+            "{:<32} {:<9}{stale}{msg}{relation}{key}",
             s("identifier"),
             s("state")
         );
+    }
+}
+
+/// How long ago Unix time `t` was, roughly: `12 s`, `7 min`, `3 h`, `2 d`.
+fn ago(t: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(t);
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
     }
 }
 

@@ -217,6 +217,16 @@ pub struct SessionConfig {
     /// agent that exits or is killed on a live link closes its socket and is offline at once.
     #[serde(with = "humantime_serde")]
     pub dead_link: Duration,
+    /// How long a device whose link went silent (found dead by `dead_link` or `timeout`, not
+    /// closed by the device) is still shown as it was, so that a cut of a few seconds (Wi-Fi
+    /// roaming, a mobile hand-over) does not flap its presence: if it logs in again meanwhile,
+    /// its session resumes and its contacts see no change. Its pushes are dropped meanwhile and
+    /// peers that try it find it unreachable, as during the cut itself. Default 10 s: a cut of
+    /// up to 10 s shows nothing, a silent loss shows offline within `dead_link` + `grace`
+    /// (under 20 s). A clean close or a killed agent (its socket closes) shows at once. `0s`:
+    /// no grace.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
     /// Lifetime of a session challenge. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub challenge_ttl: Duration,
@@ -228,6 +238,7 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(30),
             timeout: Duration::from_secs(75),
             dead_link: Duration::from_secs(8),
+            grace: Duration::from_secs(10),
             challenge_ttl: Duration::from_secs(60),
         }
     }

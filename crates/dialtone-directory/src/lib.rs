@@ -429,6 +429,13 @@ fn tls_acceptor(t: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, Bind
         .with_single_cert(certs, key)
         .map_err(|e| BindError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Session resumption: an agent that reconnects (after a cut, a hand-over, a restart of its
+    // own) presents a ticket and skips the certificate and its signature. Tickets are
+    // stateless (encrypted under a key the process draws and rotates every 6 hours), so a
+    // hundred thousand agents cost no memory here; one per handshake is all an agent uses.
+    cfg.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| BindError::Tls(e.to_string()))?;
+    cfg.send_tls13_tickets = 1;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 

@@ -596,6 +596,9 @@ async fn sessions_carry_presence_and_live_contact_requests() {
     let d = start(tmp.path(), |c| {
         c.session.heartbeat = Duration::from_millis(200);
         c.session.timeout = Duration::from_secs(1);
+        // A session that times out keeps its presence this long (issue 11: no flap on a
+        // short cut; tests/login.rs covers the resume).
+        c.session.grace = Duration::from_secs(1);
     })
     .await;
     let (ka, _) = d.register(11, "alice@example.com").await;
@@ -781,7 +784,8 @@ async fn sessions_carry_presence_and_live_contact_requests() {
         .await;
 
     // Alice reconnects; then her agent stops answering pings (as if killed or cut off) while
-    // the socket stays open: the session times out and bob sees her offline.
+    // the socket stays open: the session times out and, after the grace period, bob sees her
+    // offline.
     let mut alice = d.connect(&ka).await;
     alice.publish(PresenceState::Busy, None).await;
     let alice_sessions = d.srv.sessions();

@@ -216,6 +216,18 @@ pub struct SessionQuery {
     pub signature: Signature,
 }
 
+/// The first frame a client sends on a session opened without a query (`GET /v1/session`,
+/// the one-connection login): its answer to the [`ServerFrame::Challenge`] the directory sent
+/// first on the same connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLogin {
+    /// The device opening the session.
+    pub device_id: DeviceId,
+    /// Device key's signature over [`crate::keys::session_transcript`] of the challenge.
+    pub signature: Signature,
+}
+
 /// Length of a device-link offer id ([`Request::LinkOffer`]).
 pub const LINK_OFFER_LEN: usize = 4;
 
@@ -574,6 +586,15 @@ pub enum Request {
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServerFrame {
+    /// First frame of a session opened without a query (the one-connection login): the
+    /// client answers with a [`SessionLogin`] within `expires_in_secs`. The challenge is bound
+    /// to this connection; it is never valid on another.
+    Challenge {
+        /// 32 random bytes as hex; sign [`crate::keys::session_transcript`] over them.
+        challenge: String,
+        /// Seconds the directory waits for the answer.
+        expires_in_secs: u64,
+    },
     /// First frame after the upgrade: who the session belongs to.
     Welcome {
         /// The account.

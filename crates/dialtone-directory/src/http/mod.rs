@@ -37,7 +37,7 @@ pub(crate) fn now_secs() -> u64 {
 /// The key a client is rate-limited under: its IPv4 address, or the /64 of its IPv6 address
 /// (one host usually holds a whole /64, so per-address limits would be no limit at all). An
 /// IPv4-mapped IPv6 address counts as the IPv4 address.
-fn ip_of(addr: &ClientAddr) -> IpAddr {
+pub(crate) fn ip_of(addr: &ClientAddr) -> IpAddr {
     rate_key(addr.0.ip())
 }
 
@@ -54,7 +54,7 @@ fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn check(
+pub(crate) fn check(
     limiter: &std::sync::Mutex<dialtone_proto::rules::RateLimiter<IpAddr>>,
     ip: IpAddr,
     what: &str,

@@ -7,11 +7,13 @@
 //!
 //! The module's parts: [`registry`] (who is online, pushes, revocations, housekeeping),
 //! [`challenges`] (the stateless session challenges), [`links`] (device-link offers),
-//! [`session`] (one device's session, as a hand-written future) and [`ops`] (the requests a
-//! session answers).
+//! [`session`] (one device's session, as a hand-written future, and the grace period of one
+//! lost silently), [`login`] (the one-connection login) and [`ops`] (the requests a session
+//! answers).
 
 mod challenges;
 mod links;
+mod login;
 mod ops;
 mod registry;
 mod session;
@@ -49,6 +51,8 @@ pub(crate) struct Sessions {
     /// Challenges already answered with a valid signature, until they expire (single use).
     challenges: Mutex<UsedChallenges>,
     next_id: AtomicU64,
+    /// Accounts logged in since the last housekeeping round, whose `last_seen` it writes.
+    seen_pending: Mutex<Vec<Identifier>>,
     /// Ended by shutdown: closes every session.
     pub(crate) shutdown: CancellationToken,
     /// The session tasks, so shutdown can wait for them to close.

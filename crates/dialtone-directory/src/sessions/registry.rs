@@ -75,6 +75,11 @@ impl PushQueue {
 
     /// Queues a frame; false if [`PUSH_QUEUE`] are waiting already (the device is stuck).
     pub(super) fn offer(&self, frame: Utf8Bytes) -> bool {
+        // An ended session (one in its grace period too) takes nothing: pushes for a device
+        // that is not connected are dropped.
+        if self.is_killed() {
+            return false;
+        }
         {
             let mut q = self.frames();
             if q.len() >= PUSH_QUEUE {
@@ -234,6 +239,40 @@ impl Sessions {
         self.lock().get(id).is_some_and(|l| !l.is_empty())
     }
 
+    /// Takes session `id` of `who` out of the registry; whether it was there (a session that
+    /// was replaced by a newer one of its device is not).
+    pub(super) fn remove_session(&self, who: &Identifier, id: u64) -> bool {
+        let mut map = self.lock();
+        let Some(list) = map.get_mut(who) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|d| d.id != id);
+        let removed = list.len() != before;
+        if list.is_empty() {
+            map.remove(who);
+        }
+        removed
+    }
+
+    /// Has `last_seen` of `who` written at the next housekeeping round (within a heartbeat)
+    /// rather than by the login itself: a store write per login was most of a login's cost.
+    pub(super) fn seen_soon(&self, who: &Identifier) {
+        self.seen_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(who.clone());
+    }
+
+    fn take_seen_pending(&self) -> Vec<Identifier> {
+        std::mem::take(
+            &mut *self
+                .seen_pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Number of open sessions.
     pub(crate) fn count(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -384,8 +423,13 @@ async fn sweep(st: &AppState) {
     }
 }
 
-/// Until `cancel`: runs [`refresh_seen`] every [`SEEN_REFRESH`], and [`sweep`] every
-/// heartbeat.
+/// How often the logins' `last_seen` ([`Sessions::seen_soon`]) are written, in one
+/// transaction per thousand accounts. A directory that crashes loses at most this much of
+/// them: the registration lock's lapse is counted in days.
+const SEEN_PENDING_EVERY: Duration = Duration::from_secs(5);
+
+/// Until `cancel`: runs [`refresh_seen`] every [`SEEN_REFRESH`], [`sweep`] every heartbeat,
+/// and writes the logins' `last_seen` every [`SEEN_PENDING_EVERY`].
 pub(crate) async fn housekeeping(st: Arc<AppState>, cancel: CancellationToken) {
     let now = tokio::time::Instant::now();
     let mut seen = tokio::time::interval_at(now + SEEN_REFRESH, SEEN_REFRESH);
@@ -394,12 +438,23 @@ pub(crate) async fn housekeeping(st: Arc<AppState>, cancel: CancellationToken) {
     let heartbeat = st.config.session.heartbeat.max(Duration::from_secs(1));
     let mut orphans = tokio::time::interval_at(now + heartbeat, heartbeat);
     orphans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = tokio::time::interval_at(now + SEEN_PENDING_EVERY, SEEN_PENDING_EVERY);
+    pending.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                write_seen(&st, &st.sessions.take_seen_pending()).await;
+                return;
+            }
             _ = seen.tick() => refresh_seen(&st).await,
             _ = orphans.tick() => sweep(&st).await,
+            _ = pending.tick() => {
+                let mut who = st.sessions.take_seen_pending();
+                who.sort_unstable();
+                who.dedup();
+                write_seen(&st, &who).await;
+            }
         }
     }
 }

@@ -51,7 +51,7 @@ fn bad(code: ErrorCode, status: StatusCode, msg: &str) -> ApiError {
 /// `GET /v1/session`: checks the signed challenge, then upgrades.
 pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
-    Extension(_addr): Extension<ClientAddr>,
+    Extension(addr): Extension<ClientAddr>,
     params: Result<Query<SessionParams>, axum::extract::rejection::QueryRejection>,
     ws: Result<ws::Upgrade, ws::NotUpgrade>,
 ) -> Result<Response, ApiError> {
@@ -62,6 +62,29 @@ pub(crate) async fn upgrade(
             "expected ?device_id=&challenge=&signature=",
         ));
     };
+    // No query: the one-connection login (see `super::login`), after the upgrade.
+    if p.device_id.is_none() && p.challenge.is_none() && p.signature.is_none() {
+        // Limited per address as the HTTP challenge is: each login costs a signature check.
+        crate::http::check(
+            &st.limits.requests_ip,
+            crate::http::ip_of(&addr),
+            "logins from your address",
+        )?;
+        let ws = ws.map_err(|_| {
+            bad(
+                ErrorCode::BadRequest,
+                StatusCode::BAD_REQUEST,
+                "expected a WebSocket upgrade",
+            )
+        })?;
+        let (response, on_upgrade) = ws.accept();
+        st.sessions.tasks.spawn(Session::Upgrading {
+            on_upgrade,
+            st: st.clone(),
+            start: None,
+        });
+        return Ok(response);
+    }
     let (Some(device), Some(challenge), Some(signature)) = (p.device_id, p.challenge, p.signature)
     else {
         return Err(bad(
@@ -120,17 +143,7 @@ pub(crate) async fn upgrade(
     }
     // Before the device is looked up: see `Sessions::register`.
     let mark = st.sessions.revocation_mark();
-    let found = st
-        .store
-        .run(move |c| {
-            let found = q::device(c, &device)?;
-            if let Some((account, _)) = &found {
-                // The registration lock lapses only after a long time without a session.
-                q::seen(c, &account.identifier, now_secs())?;
-            }
-            Ok(found)
-        })
-        .await?;
+    let found = st.store.run(move |c| q::device(c, &device)).await?;
     let Some((account, cert)) = found else {
         return Err(bad(
             ErrorCode::UnknownDevice,
@@ -138,6 +151,8 @@ pub(crate) async fn upgrade(
             "this device is not registered",
         ));
     };
+    // The registration lock lapses only after a long time without a session.
+    st.sessions.seen_soon(&account.identifier);
     let ws = ws.map_err(|_| {
         bad(
             ErrorCode::BadRequest,
@@ -145,11 +160,11 @@ pub(crate) async fn upgrade(
             "expected a WebSocket upgrade",
         )
     })?;
-    let start = Box::new(Start {
+    let start = Some(Box::new(Start {
         account,
         cert,
         mark,
-    });
+    }));
     let (response, on_upgrade) = ws.accept();
     // The session is a task of its own, whose future is the session's state itself (see
     // `Session`): nothing of the request or the upgrade stays behind.
@@ -162,15 +177,15 @@ pub(crate) async fn upgrade(
 }
 
 /// Who a new session belongs to (boxed: it travels through the upgrade).
-struct Start {
-    account: Account,
-    cert: DeviceCertificate,
+pub(super) struct Start {
+    pub(super) account: Account,
+    pub(super) cert: DeviceCertificate,
     /// [`Sessions::revocation_mark`] before the device was found registered.
-    mark: u64,
+    pub(super) mark: u64,
 }
 
 /// The WebSocket of a session, over the connection the upgrade handed over.
-type Conn = WsConn<TokioIo<hyper::upgrade::Upgraded>>;
+pub(super) type Conn = WsConn<TokioIo<hyper::upgrade::Upgraded>>;
 
 pub(super) struct Ctx {
     pub(super) account: Account,
@@ -179,7 +194,7 @@ pub(super) struct Ctx {
 }
 
 /// What a live session holds. Kept small: every online device has one.
-struct Live {
+pub(super) struct Live {
     st: Arc<AppState>,
     conn: Conn,
     ctx: Ctx,
@@ -188,6 +203,9 @@ struct Live {
     ping: Pin<Box<tokio::time::Sleep>>,
     /// When the device was last heard from.
     last_heard: Instant,
+    /// The link went silent (a dead link, a timeout), rather than the device closing it: its
+    /// presence is kept for the grace period (see [`close`]).
+    lost: bool,
 }
 
 /// One device's session, from the upgrade to the close, as the future its task runs.
@@ -206,7 +224,8 @@ enum Session {
     Upgrading {
         on_upgrade: hyper::upgrade::OnUpgrade,
         st: Arc<AppState>,
-        start: Box<Start>,
+        /// Who it is; `None` for the one-connection login, which finds out after the upgrade.
+        start: Option<Box<Start>>,
     },
     /// Waiting for the device, a push or the timer.
     Idle(Live),
@@ -224,8 +243,10 @@ enum Event {
     Pushes,
     /// Time for a heartbeat ping.
     Ping,
-    /// The session must end: replaced, stuck, timed out or shut down.
+    /// The session must end: replaced, stuck or shut down.
     End,
+    /// Nothing was heard from the device for the session timeout.
+    Silent,
 }
 
 impl Future for Session {
@@ -246,8 +267,13 @@ impl Future for Session {
                         return Poll::Ready(());
                     };
                     let conn = WsConn::new(TokioIo::new(upgraded), &[], MAX_WS_FRAME_LEN);
-                    let (live, welcome) = open_session(st, conn, *start);
-                    *this = Session::Busy(Box::pin(welcome_step(live, welcome)));
+                    *this = match start {
+                        Some(start) => {
+                            let (live, welcome) = open_session(st, conn, *start);
+                            Session::Busy(Box::pin(welcome_step(live, welcome)))
+                        }
+                        None => Session::Busy(Box::pin(super::login::login_step(st, conn))),
+                    };
                 }
                 Session::Idle(live) => {
                     let ev = ready!(live.poll_idle(cx));
@@ -273,7 +299,7 @@ impl Live {
         // Checked on every turn, so a steady stream of pushes cannot starve the check.
         if self.last_heard.elapsed() > self.st.config.session.timeout {
             debug!(session = self.ctx.session, "session timed out");
-            return Poll::Ready(Event::End);
+            return Poll::Ready(Event::Silent);
         }
         if self.queue.is_killed() {
             return Poll::Ready(Event::End);
@@ -303,7 +329,11 @@ impl Live {
 /// Registers a new session (replacing an older one of the same device) and prepares it,
 /// with its Welcome frame; a session whose device was revoked meanwhile gets no Welcome and
 /// closes at its first turn.
-fn open_session(st: Arc<AppState>, conn: Conn, start: Start) -> (Live, Option<Utf8Bytes>) {
+pub(super) fn open_session(
+    st: Arc<AppState>,
+    conn: Conn,
+    start: Start,
+) -> (Live, Option<Utf8Bytes>) {
     let Start {
         account,
         cert,
@@ -355,12 +385,13 @@ fn open_session(st: Arc<AppState>, conn: Conn, start: Start) -> (Live, Option<Ut
         queue,
         ping,
         last_heard: Instant::now(),
+        lost: false,
     };
     (live, welcome)
 }
 
 /// The session's first step: the Welcome frame.
-async fn welcome_step(mut live: Live, welcome: Option<Utf8Bytes>) -> Option<Live> {
+pub(super) async fn welcome_step(mut live: Live, welcome: Option<Utf8Bytes>) -> Option<Live> {
     let ok = match welcome {
         Some(w) => send(&mut live, Out::Text(w.as_str())).await,
         None => true,
@@ -405,6 +436,7 @@ async fn step(mut live: Live, ev: Event) -> Option<Live> {
         }
         Event::Message(Err(WsError::Io(e))) => {
             debug!(session = live.ctx.session, "connection ended: {e}");
+            live.lost = is_lost(&e);
             false
         }
         Event::Pushes => {
@@ -422,6 +454,10 @@ async fn step(mut live: Live, ev: Event) -> Option<Live> {
         }
         Event::Ping => send(&mut live, Out::Ping).await,
         Event::End => false,
+        Event::Silent => {
+            live.lost = true;
+            false
+        }
     };
     if ok {
         Some(live)
@@ -433,11 +469,24 @@ async fn step(mut live: Live, ev: Event) -> Option<Live> {
 /// Ends the session: it leaves the registry, the client gets a close frame (with `code`, if
 /// it broke the protocol), the contacts are told, and the socket closes once the client has
 /// closed its side too (a second at most). Always `None`.
+///
+/// A session whose link went silent ([`Live::lost`]) stays in the registry, as it was, for
+/// `[session] grace`: a device back within it (a cut of a few seconds) resumes, its new
+/// session taking over what this one published ([`Sessions::register`]), and its contacts
+/// see no change; if it is not back by then, they are told it is offline. Its pushes are
+/// dropped meanwhile (its queue is ended) and peers trying it find it unreachable.
 async fn close(live: Live, code: Option<u16>) -> Option<Live> {
     let Live {
-        st, ctx, mut conn, ..
+        st,
+        ctx,
+        mut conn,
+        queue,
+        lost,
+        ..
     } = live;
     let id = ctx.session;
+    let grace = st.config.session.grace;
+    let linger = lost && !grace.is_zero() && !st.sessions.shutdown.is_cancelled();
     // The registration lock lapses only after `lock_lapse` without a device online: the
     // account was online until now. Written before the session leaves the registry, so at
     // every moment the account is either online or seen just now. (At shutdown, `Server`
@@ -449,20 +498,32 @@ async fn close(live: Live, code: Option<u16>) -> Option<Live> {
             .run(move |c| q::seen(c, &account, now_secs()))
             .await;
     }
-    // Out of the registry first: once the client sees the close frame, the session is gone.
-    let removed = {
-        let mut map = st.sessions.lock();
-        let mut removed = false;
-        if let Some(list) = map.get_mut(&ctx.account.identifier) {
-            let before = list.len();
-            list.retain(|d| d.id != id);
-            removed = list.len() != before;
-            if list.is_empty() {
-                map.remove(&ctx.account.identifier);
+    if linger {
+        queue.kill();
+        debug!(
+            session = id,
+            ?grace,
+            "session lost; its presence is kept for the grace period"
+        );
+        let who = ctx.account.identifier;
+        let st2 = st.clone();
+        st.sessions.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = st2.sessions.shutdown.cancelled() => {}
             }
-        }
-        removed
-    };
+            // Held until now: the registry's orphan sweep takes only sessions nobody holds.
+            drop(queue);
+            if st2.sessions.remove_session(&who, id) {
+                debug!(session = id, "grace period over: offline");
+                Box::pin(st2.sessions.fan_out(&st2, &who)).await;
+            }
+        });
+        return None;
+    }
+    drop(queue);
+    // Out of the registry first: once the client sees the close frame, the session is gone.
+    let removed = st.sessions.remove_session(&ctx.account.identifier, id);
     debug!(session = id, "session closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.send_close(code)).await;
     if removed {
@@ -497,5 +558,22 @@ async fn send(live: &mut Live, out: Out<'_>) -> bool {
             Out::Pong(p) => conn.send_pong(p).await,
         }
     };
-    matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(())))
+    match tokio::time::timeout(limit, sent).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            live.lost = is_lost(&e);
+            false
+        }
+        Err(_) => {
+            live.lost = true;
+            false
+        }
+    }
+}
+
+/// Whether a connection error means the link went silent (the kernel's keepalive or user
+/// timeout, or a network gone), not that the device closed it.
+fn is_lost(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable, TimedOut};
+    matches!(e.kind(), TimedOut | HostUnreachable | NetworkUnreachable)
 }

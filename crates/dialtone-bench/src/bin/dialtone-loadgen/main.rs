@@ -8,21 +8,26 @@
 //!    fresh data folder ([`dialtone_directory::provision`]);
 //! 2. starts the real `dialtone-directory` binary on 127.0.0.1 (rate limits per IP lifted:
 //!    every simulated device comes from one of a few loopback addresses);
-//! 3. logs every device in as an agent does (HTTP challenge, Ed25519 signature, WebSocket
-//!    upgrade, publish), from `--sources` addresses 127.0.0.x so ephemeral ports do not run
-//!    out, and keeps the sessions open, answering the directory's pings;
+//! 3. logs every device in as an agent does (`--login one`: WebSocket upgrade, the
+//!    directory's challenge on it, Ed25519 signature, Welcome, publish; `--login two`: the
+//!    older login with the HTTP challenge on a connection of its own), over plain TCP or
+//!    (`--tls`) TLS with a private CA, from `--sources` addresses 127.0.0.x so ephemeral ports
+//!    do not run out, and keeps the sessions open, answering the directory's pings;
 //! 4. measures: logins per second, directory memory per session (RSS growth ÷ sessions),
 //!    directory CPU and bytes per idle session, presence fan-out latency to contacts under
 //!    churn (publisher's clock to contact's clock, one process), lookups per second and
 //!    authenticated presence publishes per second (closed loops, `--window` outstanding), and
-//!    the directory's CPU time per operation.
+//!    the directory's CPU time per operation; then closes `--relogin-n` sessions and logs
+//!    them in again (with `--tls`, resuming their TLS sessions) and, with `--restart`, stops
+//!    the directory, starts it again on the same port and times how long until every device
+//!    is back, each reconnecting as an agent does (full jitter below a cap doubling from
+//!    250 ms to 2 s).
 //!
 //! Every phase is bounded in time and count; the directory is stopped at the end.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -35,18 +40,24 @@ use clap::Parser;
 use dialtone_directory::provision::{Person, provision};
 use dialtone_proto::{
     DeviceCertificate, DeviceId, Identifier,
-    directory::{Challenge, ClientFrame, EndpointInfo, PresenceState, Request},
-    keys::{session_transcript, sign},
+    directory::{ClientFrame, EndpointInfo, PresenceState, Request},
 };
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::{
-    net::TcpSocket,
-    sync::{Semaphore, mpsc, oneshot},
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+mod login;
+mod process;
+mod session;
+use login::{LoginMode, Target, Ws};
+use process::{
+    callgrind_control, callgrind_total, machine_busy, private_ca, proc_stats, raise_nofile,
+    start_directory, tcp_bytes,
 };
-use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+use session::login;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Dialtone directory load generator")]
@@ -81,6 +92,23 @@ struct Args {
     /// Seconds of the closed-loop publish phase.
     #[arg(long, default_value_t = 10.0)]
     publish_secs: f64,
+    /// Which login the devices use.
+    #[arg(long, value_enum, default_value_t = LoginMode::One)]
+    login: LoginMode,
+    /// The directory on TLS (a private CA), as in production.
+    #[arg(long)]
+    tls: bool,
+    /// Sessions closed and logged in again at the end (reconnects; TLS resumes).
+    #[arg(long, default_value_t = 1000)]
+    relogin_n: usize,
+    /// At the end, restart the directory and time until every device is back.
+    #[arg(long)]
+    restart: bool,
+    /// Run the measured directory under `valgrind --tool=callgrind`, counting instructions
+    /// only during the login phase (`callgrind_control`): instructions per login, robust to
+    /// a busy machine. Use a few hundred sessions: everything runs ~50× slower.
+    #[arg(long)]
+    callgrind: bool,
     /// The directory binary (default: next to this one).
     #[arg(long)]
     directory_bin: Option<PathBuf>,
@@ -96,6 +124,10 @@ type MakeRequest = Arc<dyn Fn(usize) -> String + Send + Sync>;
 enum Cmd {
     /// Send one request and do not wait for its answer (churn).
     Send(String),
+    /// Close the session, then report.
+    Close(oneshot::Sender<()>),
+    /// Log in again (after `Close`), then report whether TLS resumed.
+    Login(oneshot::Sender<anyhow::Result<bool>>),
     /// Closed loop on this session: send a request, wait for its answer, again, until
     /// `until`; count answers and errors, then report on `done`.
     Loop {
@@ -118,6 +150,10 @@ struct Shared {
     errors: AtomicU64,
     closed: AtomicUsize,
     base: std::sync::OnceLock<Instant>,
+    /// Set before a directory restart: a session that ends logs in again, as an agent does.
+    reconnect: std::sync::atomic::AtomicBool,
+    /// Sessions back after the restart, and when each came back.
+    back: Mutex<Vec<Instant>>,
 }
 
 impl Shared {
@@ -205,324 +241,6 @@ fn ring(n: usize, k: usize) -> Vec<(usize, usize)> {
         }
     }
     pairs
-}
-
-/// Raises the open-file limit as far as allowed (the child directory inherits it).
-fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit write/read only the struct passed.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        if r.rlim_max < want {
-            let bigger = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: want,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &bigger) == 0 {
-                return want;
-            }
-        }
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur
-    }
-}
-
-/// A process's resident memory (bytes) and CPU time (seconds) from /proc.
-fn proc_stats(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((rss_kb * 1024, ticks as f64 / hz))
-}
-
-/// CPU seconds the whole machine spent busy so far (all cores, from /proc/stat): kernel work
-/// such as TCP keepalive probes runs in interrupts, outside any process's account.
-fn machine_busy() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() < 8 {
-        return 0.0;
-    }
-    let idle = v[3] + v[4];
-    let total: u64 = v[..8].iter().sum();
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (total - idle) as f64 / hz
-}
-
-/// TCP payload bytes (sent + received) on the directory's side of all its sessions.
-fn tcp_bytes(port: u16) -> u64 {
-    let Ok(out) = Command::new("ss")
-        .args([
-            "-tinH",
-            "state",
-            "established",
-            &format!("( sport = :{port} )"),
-        ])
-        .output()
-    else {
-        return 0;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut total = 0;
-    for word in text.split_whitespace() {
-        for key in ["bytes_sent:", "bytes_received:"] {
-            if let Some(v) = word.strip_prefix(key) {
-                total += v.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
-struct Dir {
-    child: Child,
-    url: String,
-    port: u16,
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_directory(bin: &Path, data: &Path) -> anyhow::Result<Dir> {
-    let config = data.join("loadgen.toml");
-    // Every simulated device comes from a handful of loopback addresses: the per-IP limits
-    // that protect a real directory from one abusive host would throttle the test itself.
-    std::fs::write(
-        &config,
-        "[limits]\nrequests_per_ip = { burst = 1000000, every = \"1us\" }\n\
-         session_requests = { burst = 1000000, every = \"1us\" }\n",
-    )?;
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(data)
-        .arg("--verify-outbox")
-        .arg(data.join("outbox"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("the directory did not print its address")?;
-    let port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .context("no port in the URL")?;
-    Ok(Dir { child, url, port })
-}
-
-/// Logs one device in and spawns its session task. Returns the command channel.
-async fn login(
-    http: &reqwest::Client,
-    base: &str,
-    source: IpAddr,
-    device: &SigningKey,
-    i: usize,
-    shared: Arc<Shared>,
-) -> anyhow::Result<mpsc::Sender<Cmd>> {
-    let dev = DeviceId::from_signing_key(device);
-    let c: Challenge = http
-        .post(format!("{base}/v1/session/challenge"))
-        .json(&json!({ "device_id": dev }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let mut ch = [0u8; 32];
-    hex::decode_to_slice(&c.challenge, &mut ch)?;
-    let sig = sign(device, &session_transcript(&ch, &dev));
-    let addr: SocketAddr = base
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()?;
-    let url = format!(
-        "ws://{addr}/v1/session?device_id={dev}&challenge={}&signature={sig}",
-        c.challenge
-    );
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source, 0))?;
-    let tcp = sock.connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
-    // Welcome first.
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => {}
-        other => bail!("expected welcome, got {other:?}"),
-    }
-    // Publish once, as an agent does on login.
-    ws.send(Message::Text(
-        publish_text(PresenceState::Online, None).into(),
-    ))
-    .await?;
-    let (tx, rx) = mpsc::channel::<Cmd>(4);
-    tokio::spawn(session_task(ws, rx, shared, i));
-    Ok(tx)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn session_task(mut ws: Ws, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, i: usize) {
-    // Answers not waited for: the login publish, then churn publishes.
-    let mut unanswered = 1usize;
-    'session: loop {
-        tokio::select! {
-            msg = ws.next() => match on_frame(msg, &shared) {
-                Frame::Answer(_) => unanswered = unanswered.saturating_sub(1),
-                Frame::Other => {}
-                Frame::Closed => break,
-            },
-            cmd = rx.recv() => match cmd {
-                Some(Cmd::Send(text)) => {
-                    if ws.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                    unanswered += 1;
-                }
-                Some(Cmd::Loop { make, until, ok, bad, done }) => {
-                    let mut k = i;
-                    while Instant::now() < until {
-                        if ws.send(Message::Text(make(k).into())).await.is_err() {
-                            break 'session;
-                        }
-                        k += 1;
-                        // Our answer is the one after those still outstanding.
-                        let mut skip = unanswered;
-                        loop {
-                            match on_frame(ws.next().await, &shared) {
-                                Frame::Answer(_) if skip > 0 => skip -= 1,
-                                Frame::Answer(good) => {
-                                    let c = if good { &ok } else { &bad };
-                                    c.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                                Frame::Other => {}
-                                Frame::Closed => break 'session,
-                            }
-                        }
-                        unanswered = 0;
-                    }
-                    let _ = done.send(());
-                }
-                None => {
-                    let _ = ws.close(None).await;
-                    break;
-                }
-            },
-        }
-    }
-    shared.closed.fetch_add(1, Ordering::Relaxed);
-}
-
-/// What a frame from the directory was.
-enum Frame {
-    /// A reply (true) or an error (false) to a request.
-    Answer(bool),
-    /// A push or a control frame.
-    Other,
-    /// The session ended.
-    Closed,
-}
-
-/// Classifies a frame; records fan-out latency for sampled presence pushes.
-fn on_frame(
-    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    shared: &Shared,
-) -> Frame {
-    let t = match msg {
-        Some(Ok(Message::Text(t))) => t,
-        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Frame::Closed,
-        Some(Ok(_)) => return Frame::Other,
-    };
-    let Ok(p) = serde_json::from_str::<Peek>(&t) else {
-        return Frame::Other;
-    };
-    match p.kind.as_str() {
-        "reply" => Frame::Answer(true),
-        "error" => {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            Frame::Answer(false)
-        }
-        "presence" => {
-            shared.pushes.fetch_add(1, Ordering::Relaxed);
-            if shared.sampling.load(Ordering::Relaxed)
-                && let Some(t0) = p
-                    .contact
-                    .and_then(|c| c.presence.message)
-                    .and_then(|m| m.strip_prefix("lg:")?.parse::<u64>().ok())
-            {
-                let dt = shared.micros().saturating_sub(t0);
-                shared
-                    .fanout_us
-                    .lock()
-                    .expect("samples")
-                    .push(dt.min(u64::from(u32::MAX)) as u32);
-            }
-            Frame::Other
-        }
-        _ => Frame::Other,
-    }
 }
 
 fn publish_text(state: PresenceState, message: Option<String>) -> String {
@@ -667,7 +385,7 @@ async fn main() -> anyhow::Result<()> {
         seed_time.as_secs_f64()
     );
 
-    let dir = start_directory(&bin, data.path())?;
+    let dir = start_directory(&bin, data.path(), "127.0.0.1:0", None, false)?;
     // The provisioned bindings go into the transparency log first (one epoch, in the
     // background): wait for it, so that its work is not counted as the sessions'.
     let t = Instant::now();
@@ -694,20 +412,39 @@ async fn main() -> anyhow::Result<()> {
     // Start afresh, so that the memory the publishing used and freed (which sessions would
     // then reuse) does not make them look smaller than they are.
     drop(dir);
-    let dir = start_directory(&bin, data.path())?;
+    // With TLS: a private CA, its certificate for 127.0.0.1, and one client configuration per
+    // device (each keeps its own tickets, as an agent does).
+    let tls_files = if args.tls {
+        let (ca, cert, key) = private_ca(data.path())?;
+        Some((ca, (cert, key)))
+    } else {
+        None
+    };
+    let dir = start_directory(
+        &bin,
+        data.path(),
+        "127.0.0.1:0",
+        tls_files.as_ref().map(|(_, ck)| ck),
+        args.callgrind,
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss0, _) = proc_stats(dir.child.id())?;
+    let target = Arc::new(Target {
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), dir.port),
+        mode: args.login,
+        tls: match &tls_files {
+            Some((ca, _)) => Some(Arc::new(login::device_tls(
+                &std::fs::read_to_string(ca)?,
+                n,
+            )?)),
+            None => None,
+        },
+    });
 
+    if args.callgrind {
+        callgrind_control(dir.child.id(), "--instr=on")?;
+    }
     // Log everyone in.
-    let clients: Vec<reqwest::Client> = (1..=sources)
-        .map(|k| {
-            reqwest::Client::builder()
-                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
-                .pool_max_idle_per_host(args.connect_window)
-                .no_proxy()
-                .build()
-        })
-        .collect::<Result<_, _>>()?;
     let gate = Arc::new(Semaphore::new(args.connect_window));
     let devices = Arc::new(devices);
     let t = Instant::now();
@@ -716,8 +453,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let permit = gate.clone().acquire_owned().await?;
         let k = i % sources as usize;
-        let http = clients[k].clone();
-        let base = dir.url.clone();
+        let target = target.clone();
         let devices = devices.clone();
         let shared = shared.clone();
         set.spawn(async move {
@@ -725,7 +461,7 @@ async fn main() -> anyhow::Result<()> {
             let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8 + 1));
             let r = tokio::time::timeout(
                 Duration::from_secs(60),
-                login(&http, &base, src, &devices[i], i, shared),
+                login(target, src, devices, i, shared),
             )
             .await;
             (i, r)
@@ -749,6 +485,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let login_time = t.elapsed();
     let (_, cpu1) = proc_stats(dir.child.id())?;
+    let login_instructions = if args.callgrind {
+        callgrind_control(dir.child.id(), "--instr=off")?;
+        callgrind_control(dir.child.id(), "--dump")?;
+        Some(callgrind_total(data.path())? as f64 / (n - failures).max(1) as f64)
+    } else {
+        None
+    };
     let logged_in = n - failures;
     let login_rate = logged_in as f64 / login_time.as_secs_f64();
     let login_cpu_us = (cpu1 - cpu0) * 1e6 / logged_in.max(1) as f64;
@@ -840,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
     let lookup_cpu_us = (c1 - c0) * 1e6 / lk_ok.max(1) as f64;
 
     // Presence changes: each one fanned out to the online contacts.
+    let pushes0 = shared.pushes.load(Ordering::Relaxed);
     let (_, c0) = proc_stats(dir.child.id())?;
     let (ch_ok, ch_bad, ch_t) = closed_loop(
         &live_tx,
@@ -858,6 +602,9 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let (_, c1) = proc_stats(dir.child.id())?;
     let change_rate = ch_ok as f64 / ch_t.as_secs_f64();
+    // Every change reached the watching contacts (their sessions read and count the pushes).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let change_pushes = shared.pushes.load(Ordering::Relaxed) - pushes0;
     let change_cpu_us = (c1 - c0) * 1e6 / ch_ok.max(1) as f64;
 
     // Session refreshes: an authenticated publish of the state the device already has (what
@@ -875,6 +622,89 @@ async fn main() -> anyhow::Result<()> {
     let publish_cpu_us = (c1 - c0) * 1e6 / pb_ok.max(1) as f64;
     let (rss_end, _) = proc_stats(dir.child.id())?;
 
+    // Reconnects: close some sessions, then log them in again (`window` at a time); with TLS
+    // each resumes its TLS session.
+    let r_n = args.relogin_n.min(live_tx.len());
+    let mut closing = Vec::with_capacity(r_n);
+    for tx in live_tx.iter().take(r_n) {
+        let (done, rx) = oneshot::channel();
+        if tx.send(Cmd::Close(done)).await.is_ok() {
+            closing.push(rx);
+        }
+    }
+    for rx in closing {
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, c0) = proc_stats(dir.child.id())?;
+    let t = Instant::now();
+    let (mut re_ok, mut re_resumed, mut re_bad) = (0u64, 0u64, 0u64);
+    for chunk in live_tx[..r_n].chunks(args.connect_window.max(1)) {
+        let mut waits = Vec::with_capacity(chunk.len());
+        for tx in chunk {
+            let (done, rx) = oneshot::channel();
+            if tx.send(Cmd::Login(done)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                Ok(Ok(Ok(resumed))) => {
+                    re_ok += 1;
+                    re_resumed += u64::from(resumed);
+                }
+                _ => re_bad += 1,
+            }
+        }
+    }
+    let re_t = t.elapsed();
+    let (_, c1) = proc_stats(dir.child.id())?;
+    let relogin_rate = re_ok as f64 / re_t.as_secs_f64();
+    let relogin_cpu_us = (c1 - c0) * 1e6 / re_ok.max(1) as f64;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A directory restart: every device reconnects as an agent does.
+    let mut dir = dir;
+    let restart = if args.restart {
+        let open_before = live_tx.len() - shared.closed.load(Ordering::Relaxed);
+        shared.reconnect.store(true, Ordering::Relaxed);
+        let port = dir.port;
+        let t_stop = Instant::now();
+        drop(dir);
+        let stopped = t_stop.elapsed();
+        dir = start_directory(
+            &bin,
+            data.path(),
+            &format!("127.0.0.1:{port}"),
+            tls_files.as_ref().map(|(_, ck)| ck),
+            false,
+        )?;
+        let t_up = Instant::now();
+        let deadline = t_up + Duration::from_secs(150);
+        while shared.back.lock().expect("back").len() < open_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let back = std::mem::take(&mut *shared.back.lock().expect("back"));
+        let mut secs: Vec<f64> = back
+            .iter()
+            .map(|b| b.saturating_duration_since(t_up).as_secs_f64())
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            secs.get(((secs.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        shared.reconnect.store(false, Ordering::Relaxed);
+        json!({
+            "sessions": open_before, "back": back.len(),
+            "stop_s": stopped.as_secs_f64(),
+            "half_back_s": q(0.5), "p99_back_s": q(0.99), "all_back_s": q(1.0),
+        })
+    } else {
+        serde_json::Value::Null
+    };
+
     let still_open = live_tx.len() - shared.closed.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     drop(live_tx);
@@ -888,6 +718,7 @@ async fn main() -> anyhow::Result<()> {
         "contacts_per_person": args.contacts,
         "login_per_s": login_rate,
         "login_dir_cpu_us": login_cpu_us,
+        "login_dir_instructions": login_instructions,
         "rss_before_mib": rss0 as f64 / 1048576.0,
         "rss_after_login_mib": rss1 as f64 / 1048576.0,
         "rss_end_mib": rss_end as f64 / 1048576.0,
@@ -909,11 +740,23 @@ async fn main() -> anyhow::Result<()> {
         "publish_failures": pb_bad,
         "publish_dir_cpu_us": publish_cpu_us,
         "error_frames": errors,
+        "login": match args.login { LoginMode::One => "one connection", LoginMode::Two => "two connections" },
+        "tls": args.tls,
+        "relogins": r_n,
+        "relogin_per_s": relogin_rate,
+        "relogin_dir_cpu_us": relogin_cpu_us,
+        "relogin_resumed": re_resumed,
+        "relogin_failures": re_bad,
+        "presence_change_pushes_received": change_pushes,
+        "restart": restart,
     });
     if args.json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if ch_ok > 0 && change_pushes == 0 {
+        bail!("{ch_ok} presence changes reached no watching contact");
     }
     if failures > 0 || still_open < logged_in {
         bail!(
