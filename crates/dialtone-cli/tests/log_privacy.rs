@@ -58,16 +58,7 @@ fn register(p: &Person, dir: &Directory, stderrs: &mut Vec<String>) -> String {
 }
 
 fn up(p: &Person, stderrs: &mut Vec<String>) {
-    let args = [
-        "up",
-        "--detach",
-        "--bind",
-        "127.0.0.1:0",
-        "--bind",
-        "[::1]:0",
-        "--no-portmapper",
-    ];
-    run(p, &args, stderrs);
+    run(p, &dialtone_testkit::UP_ARGS, stderrs);
 }
 
 fn read(path: &Path) -> String {

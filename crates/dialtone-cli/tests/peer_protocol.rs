@@ -29,15 +29,7 @@ const CAROL: &str = "carol@example.com";
 /// stream kind it does not know, a unidirectional stream — as such an agent would fail.
 fn up_legacy(p: &Person) {
     p.run_env(
-        &[
-            "up",
-            "--detach",
-            "--bind",
-            "127.0.0.1:0",
-            "--bind",
-            "[::1]:0",
-            "--no-portmapper",
-        ],
+        &dialtone_testkit::UP_ARGS,
         &[("DIALTONE_PEER_FEATURES", "legacy")],
     )
     .ok();

@@ -505,15 +505,7 @@ impl Person {
 
     /// Starts the agent in the background on loopback, with extra `up` arguments.
     pub fn up_with(&self, extra: &[&str]) {
-        let mut args = vec![
-            "up",
-            "--detach",
-            "--bind",
-            "127.0.0.1:0",
-            "--bind",
-            "[::1]:0",
-            "--no-portmapper",
-        ];
+        let mut args = UP_ARGS.to_vec();
         args.extend_from_slice(extra);
         self.run(&args).ok();
     }
@@ -713,6 +705,18 @@ impl Drop for Watch {
         let _ = self.child.wait();
     }
 }
+
+/// `dialtone up` in the background on loopback, without the portmapper: how tests start an
+/// agent ([`Person::up`]).
+pub const UP_ARGS: [&str; 7] = [
+    "up",
+    "--detach",
+    "--bind",
+    "127.0.0.1:0",
+    "--bind",
+    "[::1]:0",
+    "--no-portmapper",
+];
 
 /// Polls `cond` every 50 ms until it holds, or fails after `timeout`.
 #[track_caller]

@@ -25,11 +25,7 @@ pub(super) async fn kt_checkpoint(
     State(st): State<Arc<AppState>>,
     Extension(addr): Extension<ClientAddr>,
 ) -> Result<Json<Checkpoint>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     Ok(Json(st.sessions.view.checkpoint(&st.kt, None).await?))
 }
 
@@ -38,11 +34,7 @@ pub(super) async fn kt_lookup(
     Extension(addr): Extension<ClientAddr>,
     Path(raw): Path<String>,
 ) -> Result<Json<KtLookup>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let id = parse_identifier(&raw)?;
     Ok(Json(st.sessions.view.lookup(&st.kt, &id, None).await?))
 }
@@ -52,11 +44,7 @@ pub(super) async fn kt_history(
     Extension(addr): Extension<ClientAddr>,
     Path(raw): Path<String>,
 ) -> Result<Json<KtHistory>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let id = parse_identifier(&raw)?;
     Ok(Json(st.sessions.view.history(&st.kt, &id, None).await?))
 }
@@ -72,11 +60,7 @@ pub(super) async fn kt_audit(
     Extension(addr): Extension<ClientAddr>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<KtAudit>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

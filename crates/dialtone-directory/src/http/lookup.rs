@@ -24,11 +24,7 @@ pub(super) async fn lookup(
     Extension(addr): Extension<ClientAddr>,
     Path(raw): Path<String>,
 ) -> Result<Json<PublicRecord>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let id = parse_identifier(&raw)?;
     let id2 = id.clone();
     let found = st
@@ -55,11 +51,7 @@ pub(super) async fn webfinger(
     Extension(addr): Extension<ClientAddr>,
     query: Result<Query<WebfingerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let resource = query.ok().and_then(|q| q.0.resource).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

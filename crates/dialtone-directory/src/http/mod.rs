@@ -54,6 +54,15 @@ fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The per-address limit of unauthenticated requests.
+pub(super) fn limit_ip(st: &crate::AppState, addr: &ClientAddr) -> Result<(), ApiError> {
+    check(
+        &st.limits.requests_ip,
+        ip_of(addr),
+        "requests from your address",
+    )
+}
+
 pub(crate) fn check(
     limiter: &std::sync::Mutex<dialtone_proto::rules::RateLimiter<IpAddr>>,
     ip: IpAddr,

@@ -17,11 +17,7 @@ pub(super) async fn challenge(
     Extension(addr): Extension<ClientAddr>,
     Body(req): Body<ChallengeRequest>,
 ) -> Result<Json<Challenge>, ApiError> {
-    check(
-        &st.limits.requests_ip,
-        ip_of(&addr),
-        "requests from your address",
-    )?;
+    limit_ip(&st, &addr)?;
     let device = req.device_id;
     if st
         .store

@@ -326,12 +326,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             set_relations(st, pairs).await?;
             if theirs != Relation::Blocked {
-                st.sessions.push(
-                    &them.identifier,
-                    &ServerFrame::ContactChanged {
-                        contact: st.sessions.entry(&ctx.account, Relation::None),
-                    },
-                );
+                tell_unlinked(st, &them.identifier, &ctx.account);
             }
             Ok(Reply::Done)
         }
@@ -345,12 +340,7 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
             }
             set_relations(st, pairs).await?;
             if theirs != Relation::Blocked {
-                st.sessions.push(
-                    &them.identifier,
-                    &ServerFrame::ContactChanged {
-                        contact: st.sessions.entry(&ctx.account, Relation::None),
-                    },
-                );
+                tell_unlinked(st, &them.identifier, &ctx.account);
             }
             Ok(Reply::Done)
         }
@@ -367,6 +357,16 @@ async fn handle_request(st: &AppState, ctx: &mut Ctx, req: Request) -> Result<Re
 }
 
 /// The device of session `session` of `me` (its own session is closing if it is gone).
+/// Tells `who` (if online) that `me` is no longer their contact.
+fn tell_unlinked(st: &AppState, who: &Identifier, me: &Account) {
+    st.sessions.push(
+        who,
+        &ServerFrame::ContactChanged {
+            contact: st.sessions.entry(me, Relation::None),
+        },
+    );
+}
+
 fn session_device(st: &AppState, me: &Identifier, session: u64) -> Result<DeviceId, ApiError> {
     st.sessions
         .lock()
