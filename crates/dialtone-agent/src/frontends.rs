@@ -12,7 +12,7 @@
 //!   acknowledgement says how many took it (`shown_to`); none is a `no-front-end` refusal.
 //! - A stuck front end is cut off, never allowed to hold messages in memory: its queue is
 //!   full, its oldest event has waited more than [`STUCK_AFTER`], or it did not take a message
-//!   within [`DELIVER_WAIT`] (seen at the end of that wait, or at the next event handed to it). Its queue is emptied at once, it gets a `lagged` event if it
+//!   within [`DELIVER_WAIT`] (seen at the end of that wait, at the next event handed to it, or when it next reads). Its queue is emptied at once, it gets a `lagged` event if it
 //!   still reads, and it ends (a socket front end's connection is closed).
 
 use std::{
@@ -98,18 +98,7 @@ impl Queue {
         if st.closed {
             return false;
         }
-        // A message not taken within the wait its sender was given, or any event not taken
-        // for much longer: this front end does not read.
-        let stuck = st.items.len() >= QUEUE_LEN
-            || st.items.front().is_some_and(|i| {
-                let limit = if i.taken.is_some() {
-                    DELIVER_WAIT
-                } else {
-                    STUCK_AFTER
-                };
-                i.at.elapsed() > limit
-            });
-        if stuck {
+        if st.items.len() >= QUEUE_LEN || stale(&st) {
             cut(&mut st, 1);
             drop(st);
             self.notify.notify_one();
@@ -129,10 +118,16 @@ impl Queue {
     }
 
     /// The next item; cancel-safe (nothing is taken from the queue until it is returned).
+    /// A front end that comes back to read after its oldest event went stale is cut off
+    /// instead: it is not handed old messages as if they were new.
     async fn next(&self) -> Next {
         loop {
             {
                 let mut st = self.lock();
+                if stale(&st) {
+                    cut(&mut st, 0);
+                    self.ended.cancel();
+                }
                 if let Some(item) = st.items.pop_front() {
                     return Next::Item(item);
                 }
@@ -146,6 +141,19 @@ impl Queue {
             self.notify.notified().await;
         }
     }
+}
+
+/// Whether the oldest event waited too long: a message not taken within the wait its sender
+/// was given, or any event not taken for much longer. Such a front end does not read.
+fn stale(st: &QueueState) -> bool {
+    st.items.front().is_some_and(|i| {
+        let limit = if i.taken.is_some() {
+            DELIVER_WAIT
+        } else {
+            STUCK_AFTER
+        };
+        i.at.elapsed() > limit
+    })
 }
 
 /// Cuts a front end off: its queue is dropped at once (messages in it count as not taken).
@@ -271,7 +279,27 @@ impl FrontEnds {
                         }
                     }
                 },
-                () = grace_over => break,
+                () = grace_over => {
+                    // Acknowledged now (counting those that took it); the others get the
+                    // rest of the wait, in the background, and are cut off if they let it
+                    // pass: no queue holds a message beyond it.
+                    if !pending.is_empty() {
+                        let until = tokio::time::Instant::now() + DELIVER_WAIT;
+                        tokio::spawn(async move {
+                            let rest = async {
+                                while let Some((id, _)) = waits.next().await {
+                                    pending.retain(|q| q.id != id);
+                                }
+                            };
+                            let _ = tokio::time::timeout_at(until, rest).await;
+                            // Held the message for the whole wait without taking it: stuck.
+                            for q in &pending {
+                                q.cut();
+                            }
+                        });
+                    }
+                    break;
+                }
                 () = &mut deadline => {
                     // Held a message for the whole wait without taking it: stuck.
                     for q in &pending {
@@ -357,5 +385,45 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.queue.cut();
         self.front_ends.detach(self.queue.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any event stands in for a message here: what matters is how it is handed over.
+    fn message() -> Event {
+        Event::Lagged { missed: 7 }
+    }
+
+    #[tokio::test]
+    async fn a_front_end_that_never_reads_does_not_keep_a_message_another_took() {
+        let fe = Arc::new(FrontEnds::default());
+        let mut reader = fe.attach().unwrap();
+        let mut idle = fe.attach().unwrap();
+        let read = tokio::spawn(async move {
+            let got = reader.next().await;
+            (reader, got)
+        });
+        // Acknowledged once the reader took it, without waiting for the idle one.
+        assert_eq!(fe.deliver(message()).await, 1);
+        let (_reader, got) = read.await.unwrap();
+        assert!(matches!(got, Some(Event::Lagged { missed: 7 })));
+        // The idle front end is given the rest of the wait, then cut off: when it comes back
+        // to read it is told it lagged, not handed the old message.
+        tokio::time::sleep(DELIVER_WAIT + Duration::from_secs(2)).await;
+        assert!(idle.is_ended(), "the idle front end was not cut off");
+        assert!(matches!(
+            idle.next().await,
+            Some(Event::Lagged { missed: 1 })
+        ));
+        assert!(idle.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn with_no_front_end_nobody_took_it() {
+        let fe = Arc::new(FrontEnds::default());
+        assert_eq!(fe.deliver(message()).await, 0);
     }
 }

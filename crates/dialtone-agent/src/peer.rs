@@ -283,8 +283,10 @@ async fn serve_streams(
                     return;
                 }
             };
+            // The direct-path wait and the front ends' wait together stay inside the sender's
+            // 5 s acknowledgement timeout (2 s + DELIVER_WAIT 2.5 s + grace).
             let answer = if inner.config.direct_only
-                && !dialtone_net::wait_direct(&conn, Duration::from_secs(3)).await
+                && !dialtone_net::wait_direct(&conn, Duration::from_secs(2)).await
             {
                 Frame::Refuse {
                     id,

@@ -440,6 +440,12 @@ impl StrangerLookups {
         self.refused.insert(identifier.clone(), now);
     }
 
+    /// A lookup admitted by [`StrangerLookups::admit`] ended without an answer (the directory
+    /// failed, or the hello was abandoned): its slot is free again and nothing is remembered.
+    pub fn abandoned(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
     /// Forgets a remembered stranger (they became a contact).
     pub fn forget(&mut self, identifier: &Identifier) {
         self.refused.remove(identifier);
@@ -743,6 +749,28 @@ mod tests {
 
     #[test]
     // A test needs some Instant to start from; the machine itself never reads the clock.
+    #[allow(clippy::disallowed_methods)]
+    fn an_abandoned_stranger_lookup_frees_its_slot_and_is_not_remembered() {
+        let t0 = Instant::now();
+        let rules = StrangerRules {
+            rate: RateRule::new(10, Duration::from_secs(1)),
+            in_flight: 2,
+            negative_ttl: Duration::from_secs(30),
+            negative_entries: 4,
+        };
+        let mut g = StrangerLookups::new(rules);
+        let id = |n: usize| Identifier::parse(&format!("s{n}@example.com")).unwrap();
+        // Two hellos dropped mid-lookup (their deadline passed) must not hold the slots.
+        assert_eq!(g.admit(&id(0), t0), Admission::LookUp);
+        assert_eq!(g.admit(&id(1), t0), Admission::LookUp);
+        g.abandoned();
+        g.abandoned();
+        assert_eq!(g.admit(&id(2), t0), Admission::LookUp);
+        // And a failed lookup says nothing of who is a stranger.
+        assert_eq!(g.admit(&id(0), t0), Admission::LookUp);
+    }
+
+    #[test]
     #[allow(clippy::disallowed_methods)]
     fn stranger_lookups_are_bounded_and_cached() {
         let t0 = Instant::now();

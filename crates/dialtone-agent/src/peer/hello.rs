@@ -139,6 +139,17 @@ pub(super) async fn run(
     Outcome::Refused(CloseCode::Protocol)
 }
 
+/// A stranger-lookup slot: given back if dropped while still held (the lookup never ended).
+struct StrangerSlot<'a>(Option<&'a Inner>);
+
+impl Drop for StrangerSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.peer.strangers().abandoned();
+        }
+    }
+}
+
 /// Is `id` an accepted contact, with which key? The agent's contacts first; a stranger's
 /// hello (we are the listener) may ask the directory only within the stranger-lookup bound.
 async fn contact_fact(inner: &Arc<Inner>, id: &Identifier, listener: bool) -> Fact {
@@ -155,6 +166,9 @@ async fn contact_fact(inner: &Arc<Inner>, id: &Identifier, listener: bool) -> Fa
     if lan_down {
         return lan_pin(inner, id);
     }
+    // A stranger's lookup holds one of the few slots until it ends; the slot is given back
+    // even if the hello's deadline drops this future mid-lookup.
+    let mut slot = None;
     if listener {
         let admission = inner.peer.strangers().admit(id, Instant::now());
         if admission != Admission::LookUp {
@@ -164,14 +178,17 @@ async fn contact_fact(inner: &Arc<Inner>, id: &Identifier, listener: bool) -> Fa
             );
             return Fact::NotAContact;
         }
+        slot = Some(StrangerSlot(Some(inner)));
     }
     let found = lookup(inner, id).await;
-    let accepted = matches!(&found, Ok(c) if c.relation == Relation::Accepted);
-    if listener {
-        inner
-            .peer
-            .strangers()
-            .finished(id, accepted, Instant::now());
+    if let Some(mut slot) = slot {
+        slot.0 = None;
+        let mut strangers = inner.peer.strangers();
+        match &found {
+            // Only the directory's answer says who is a stranger; a failed lookup is not one.
+            Ok(c) => strangers.finished(id, c.relation == Relation::Accepted, Instant::now()),
+            Err(_) => strangers.abandoned(),
+        }
     }
     match found {
         Ok(c) if c.relation == Relation::Accepted => {
