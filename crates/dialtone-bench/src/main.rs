@@ -206,7 +206,7 @@ async fn run() -> anyhow::Result<()> {
     let (dir, extra) = if args.plain_http {
         (Directory::start(), Vec::new())
     } else {
-        let (ca, cert, key) = private_ca(tls.path())?;
+        let (ca, cert, key) = private_ca(tls.path());
         let dir = Directory::start_with(&["--tls-cert", &cert, "--tls-key", &key]);
         (dir, vec!["--directory-ca".to_owned(), ca])
     };
@@ -419,22 +419,14 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
-/// (CA, certificate, key) paths.
-fn private_ca(dir: &std::path::Path) -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
-    let leaf_key = rcgen::KeyPair::generate()?;
-    let leaf =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&leaf_key, &ca)?;
-    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
-    std::fs::write(&paths[0], ca.as_ref().pem())?;
-    std::fs::write(&paths[1], leaf.pem())?;
-    std::fs::write(&paths[2], leaf_key.serialize_pem())?;
-    let [a, b, c] = paths.map(|p| p.display().to_string());
-    Ok((a, b, c))
+/// A private CA and a certificate for 127.0.0.1 (the testkit's), as path strings.
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    let (a, b, c) = dialtone_testkit::private_ca(dir, &["127.0.0.1"]);
+    (
+        a.display().to_string(),
+        b.display().to_string(),
+        c.display().to_string(),
+    )
 }
 
 /// Two bare iroh endpoints on loopback; one echoes every stream. Measures the same shape of

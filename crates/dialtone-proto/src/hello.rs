@@ -747,19 +747,27 @@ mod tests {
         assert_eq!(drain(&mut m), [Action::Close(CloseCode::SplitView)]);
     }
 
+    /// Lookups of strangers with `burst` a second, 2 in flight, 4 remembered for 30 s.
+    fn small_stranger_lookups(burst: u32) -> StrangerLookups {
+        StrangerLookups::new(StrangerRules {
+            rate: RateRule::new(burst, Duration::from_secs(1)),
+            in_flight: 2,
+            negative_ttl: Duration::from_secs(30),
+            negative_entries: 4,
+        })
+    }
+
+    fn stranger(n: usize) -> Identifier {
+        Identifier::parse(&format!("s{n}@example.com")).unwrap()
+    }
+
     #[test]
     // A test needs some Instant to start from; the machine itself never reads the clock.
     #[allow(clippy::disallowed_methods)]
     fn an_abandoned_stranger_lookup_frees_its_slot_and_is_not_remembered() {
         let t0 = Instant::now();
-        let rules = StrangerRules {
-            rate: RateRule::new(10, Duration::from_secs(1)),
-            in_flight: 2,
-            negative_ttl: Duration::from_secs(30),
-            negative_entries: 4,
-        };
-        let mut g = StrangerLookups::new(rules);
-        let id = |n: usize| Identifier::parse(&format!("s{n}@example.com")).unwrap();
+        let mut g = small_stranger_lookups(10);
+        let id = stranger;
         // Two hellos dropped mid-lookup (their deadline passed) must not hold the slots.
         assert_eq!(g.admit(&id(0), t0), Admission::LookUp);
         assert_eq!(g.admit(&id(1), t0), Admission::LookUp);
@@ -774,14 +782,8 @@ mod tests {
     #[allow(clippy::disallowed_methods)]
     fn stranger_lookups_are_bounded_and_cached() {
         let t0 = Instant::now();
-        let rules = StrangerRules {
-            rate: RateRule::new(3, Duration::from_secs(1)),
-            in_flight: 2,
-            negative_ttl: Duration::from_secs(30),
-            negative_entries: 4,
-        };
-        let mut g = StrangerLookups::new(rules);
-        let id = |n: usize| Identifier::parse(&format!("s{n}@example.com")).unwrap();
+        let mut g = small_stranger_lookups(3);
+        let id = stranger;
         assert_eq!(g.admit(&id(0), t0), Admission::LookUp);
         assert_eq!(g.admit(&id(1), t0), Admission::LookUp);
         // Two in flight: a third waits its turn by being refused.

@@ -718,6 +718,29 @@ pub const UP_ARGS: [&str; 7] = [
     "--no-portmapper",
 ];
 
+/// A private CA and a certificate for `names` signed by it, as PEM files `ca.pem`,
+/// `cert.pem` and `key.pem` in `dir`: `(ca, cert, key)`.
+pub fn private_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = rcgen::CertificateParams::new(names)
+        .and_then(|p| p.signed_by(&leaf_key, &ca))
+        .expect("certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.as_ref().pem()).expect("ca.pem");
+    std::fs::write(&paths.1, leaf.pem()).expect("cert.pem");
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).expect("key.pem");
+    paths
+}
+
 /// Polls `cond` every 50 ms until it holds, or fails after `timeout`.
 #[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -645,28 +645,7 @@ pub fn avahi_browse(ns: &str, service: &str) -> String {
 /// A private CA and a certificate for the directory's addresses (PEM files in `dir`):
 /// `(ca, cert, key)`.
 pub fn lab_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![
-        DIR_HOST.to_owned(),
-        DIR_V4.to_owned(),
-        DIR_V6.to_owned(),
-    ])
-    .unwrap()
-    .signed_by(&leaf_key, &ca)
-    .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.as_ref().pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    paths
+    crate::private_ca(dir, &[DIR_HOST, DIR_V4, DIR_V6])
 }
 
 /// A topology with a directory + relay and two registered, befriended agents online.

@@ -327,15 +327,9 @@ impl Sessions {
     pub(super) async fn fan_out(&self, st: &AppState, subject: &Identifier) {
         // The binding as stored now (it may have changed since the session began), with the
         // watchers, in one store call.
-        let s2 = subject.clone();
-        let Ok(Some((account, watchers))) = st
-            .store
-            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
-            .await
-        else {
+        let Some((account, watchers)) = account_and_watchers(st, subject).await else {
             return;
         };
-        let Ok(watchers) = watchers else { return };
         if watchers.is_empty() {
             return;
         }
@@ -356,15 +350,9 @@ impl Sessions {
         removed: &[DeviceId],
     ) {
         self.revoke(subject, removed);
-        let s2 = subject.clone();
-        let Ok(Some((account, watchers))) = st
-            .store
-            .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
-            .await
-        else {
+        let Some((account, watchers)) = account_and_watchers(st, subject).await else {
             return;
         };
-        let Ok(watchers) = watchers else { return };
         let frame = ServerFrame::ContactChanged {
             contact: self.entry(&account, Relation::Accepted),
         };
@@ -499,6 +487,21 @@ fn contact_entry(subject: &Account, relation: Relation, devs: &[DeviceSession]) 
         relation,
         presence,
     }
+}
+
+/// `subject`'s account as stored now, with its accepted contacts, in one store call; `None`
+/// if either cannot be read.
+async fn account_and_watchers(
+    st: &AppState,
+    subject: &Identifier,
+) -> Option<(Account, Vec<Identifier>)> {
+    let s2 = subject.clone();
+    let (account, watchers) = st
+        .store
+        .run(move |c| Ok(q::account(c, &s2)?.map(|a| (a, q::accepted_of(c, &s2)))))
+        .await
+        .ok()??;
+    Some((account, watchers.ok()?))
 }
 
 #[cfg(test)]

@@ -415,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
     // With TLS: a private CA, its certificate for 127.0.0.1, and one client configuration per
     // device (each keeps its own tickets, as an agent does).
     let tls_files = if args.tls {
-        let (ca, cert, key) = private_ca(data.path())?;
+        let (ca, cert, key) = private_ca(data.path());
         Some((ca, (cert, key)))
     } else {
         None

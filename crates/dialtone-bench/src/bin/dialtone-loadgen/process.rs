@@ -193,22 +193,14 @@ pub(crate) fn start_directory(
     Ok(Dir { child, url, port })
 }
 
-/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
-/// (CA, certificate, key) paths.
-pub(crate) fn private_ca(dir: &Path) -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
-    let leaf_key = rcgen::KeyPair::generate()?;
-    let leaf =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&leaf_key, &ca)?;
-    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
-    std::fs::write(&paths[0], ca.as_ref().pem())?;
-    std::fs::write(&paths[1], leaf.pem())?;
-    std::fs::write(&paths[2], leaf_key.serialize_pem())?;
-    let [a, b, c] = paths.map(|p| p.display().to_string());
-    Ok((a, b, c))
+/// A private CA and a certificate for 127.0.0.1 (the testkit's), as path strings.
+pub(crate) fn private_ca(dir: &Path) -> (String, String, String) {
+    let (a, b, c) = dialtone_testkit::private_ca(dir, &["127.0.0.1"]);
+    (
+        a.display().to_string(),
+        b.display().to_string(),
+        c.display().to_string(),
+    )
 }
 
 /// Runs `callgrind_control ARG PID`.
